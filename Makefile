@@ -1,0 +1,59 @@
+# drbook: two commands for users (`make reproduce`, `make test`), a few for maintainers.
+# Needs only Python >= 3.10 and make; everything else is installed into .venv under constraints.txt.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.drbook-installed
+PROFILE ?= sample
+WORKERS ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: help install test reproduce check-sync nbtest pytest readme bench constraints clean
+
+help:
+	@echo "make reproduce   run the whole course on data_samples/ (profile $(PROFILE)) and print the summary"
+	@echo "make test        the full gate: clean notebooks, library in sync, README in sync, nbdev_test, pytest"
+	@echo "make bench       the speed benchmarks in bench/"
+
+$(STAMP): settings.ini setup.py constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+check-sync: $(STAMP)
+	bash tools/check_sync.sh
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers $(WORKERS) --timing
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory check-sync && \
+	$(MAKE) --no-print-directory nbtest && \
+	$(MAKE) --no-print-directory pytest && \
+	echo "make test: gate passed in $$(( $$(date +%s) - start )) s"
+
+reproduce: $(STAMP)
+	$(BIN)/drbook reproduce --profile $(PROFILE)
+
+readme: $(STAMP)
+	$(BIN)/python tools/make_readme.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/pipeline.py
+
+constraints: $(STAMP)
+	( echo "# Exact versions drbook was last tested with (Python 3.11, CPU). Used by the Makefile: pip install -c constraints.txt"; \
+	  echo "# Regenerate after an upgrade with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^drbook' ) > constraints.txt
+
+clean:
+	rm -rf runs _proc _docs .pytest_cache
