@@ -16,4 +16,5 @@ if [ "$before" != "$after" ]; then
   echo "Run 'make readme' after 'nbdev_clean && nbdev_export', then commit the result." >&2
   exit 1
 fi
+"$BIN/python" tools/check_notebooks.py
 echo "check-sync: notebooks clean, library and README in sync"
