@@ -12,7 +12,7 @@ before=$(snap)
 after=$(snap)
 if [ "$before" != "$after" ]; then
   echo "check-sync: FAILED. These files changed under nbdev_clean / nbdev_export / tools/make_readme.py:" >&2
-  diff <(echo "$before") <(echo "$after") | grep '^[<>]' | awk '{print "  " $3}' | sort -u >&2
+  { diff <(echo "$before") <(echo "$after") || true; } | grep '^[<>]' | awk '{print "  " $3}' | sort -u >&2
   echo "Run 'make readme' after 'nbdev_clean && nbdev_export', then commit the result." >&2
   exit 1
 fi
