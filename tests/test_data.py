@@ -126,15 +126,17 @@ def test_save_load_round_trip_relative_paths(tmp_path):
     t = conform_table(pd.DataFrame({
         'image_path': [str(root/'images'/'a.png'), str(root/'images'/'b.png')], 'image_id': ['a', 'b'],
         'grade': [0, 4], 'has_MA': [pd.NA, True], 'mask_MA': [pd.NA, str(root/'masks'/'b_MA.png')],
-        'preprocessed_path': [str(tmp_path/'cache'/'a.png'), pd.NA]}), source='synthetic')
+        'preprocessed_path': [str(tmp_path/'cache'/'a.png'), pd.NA], 'has_NV': [False, True]}), source='synthetic')
     save_table(t, root/'table.csv')
     rows = list(csv.DictReader(open(root/'table.csv')))
     assert [r['image_path'] for r in rows] == ['images/a.png', 'images/b.png']
     assert rows[1]['mask_MA'] == 'masks/b_MA.png' and rows[0]['preprocessed_path'] == '../cache/a.png'
     assert sorted(p.name for p in root.iterdir()) == ['table.csv']  # no temporary file left behind
     back = load_table(root/'table.csv')
-    assert str(back['preprocessed_path'][0]) == str(tmp_path/'cache'/'a.png')
-    pd.testing.assert_frame_equal(back.drop(columns='preprocessed_path'), t.drop(columns='preprocessed_path'))
+    assert back['preprocessed_path'].tolist()[0] == str(tmp_path/'cache'/'a.png') and pd.isna(back['preprocessed_path'][1])
+    assert str(back['preprocessed_path'].dtype) == 'string'
+    assert back['has_NV'].tolist() == [False, True] and str(back['has_NV'].dtype) == 'boolean'  # extra has_* stay boolean
+    pd.testing.assert_frame_equal(back.drop(columns=['preprocessed_path', 'has_NV']), t.drop(columns=['preprocessed_path', 'has_NV']))
     # moving the folder keeps the table valid: paths follow the CSV
     moved = tmp_path/'moved'; root.rename(moved)
     assert load_table(moved/'table.csv')['image_path'].tolist() == [str(moved/'images'/'a.png'), str(moved/'images'/'b.png')]
