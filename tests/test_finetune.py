@@ -1,0 +1,162 @@
+"""drbook.finetune: freeze strategies give S3's trainable-parameter counts, BatchNormalization stays in inference
+mode, and a two-stage fine-tune runs end to end and resumes after an interruption in stage 2."""
+import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import json, math
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from drbook.finetune import (S2_TABLE3, Stage, fine_tune, frozen_count, parameter_report, s2_stages, s4_schedule,
+                             set_trainable, two_stage)
+from drbook.transfer import backbone_layers, build_model, calibrate_batchnorm, head_layers
+
+@pytest.fixture(scope='module')
+def vgg():
+    return build_model('VGG16', 'multiclass', 224, head='s3_flatten128')  # S3's VGG16 fine-tuning model (exp. 2)
+
+@pytest.fixture(scope='module')
+def mnv2():
+    return build_model('MobileNetV2', 'multiclass', 224, head='s3_gap512x2')  # S3's MobileNetV2 model 4
+
+def _counts(model): r = parameter_report(model); return r['trainable'], r['non_trainable']
+
+@pytest.mark.parametrize('strategy,expected', [  # S3 §5.1 model summaries (Figures of experiments 2, 4, 5 and 6)
+    ('frozen', (3_212_037, 14_714_688)), ('block5_conv1', (10_291_461, 7_635_264)),
+    ('block4_conv1', (16_191_237, 1_735_488)), ('block4', (16_191_237, 1_735_488)), ('unfrozen', (17_926_725, 0))])
+def test_vgg16_counts_match_s3(vgg, strategy, expected):
+    assert _counts(set_trainable(vgg, strategy)) == expected
+
+def test_vgg16_from_block1_with_gap_head_matches_s3():
+    model = build_model('VGG16', 'multiclass', 224, head='s3_gap256')  # S3 VGG16 experiment 3, unfrozen from block1
+    assert _counts(set_trainable(model, 'block1')) == (14_847_301, 0)
+    assert _counts(set_trainable(model, 'frozen')) == (132_613, 14_714_688)
+
+def _bn_gamma_beta(model, strategy):
+    "gamma + beta parameters of the BatchNormalization layers that `strategy` leaves unfrozen."
+    layers = backbone_layers(model)[frozen_count(model, strategy):]
+    return sum(int(np.prod(w.shape)) for l in layers if isinstance(l, keras.layers.BatchNormalization)
+               for w in (l.gamma, l.beta) if w is not None)
+
+@pytest.mark.parametrize('strategy,expected', [  # S3 §5.2 model summaries: experiments 5, 6 and 7 on model 4
+    ('block_16', (1_807_173, 1_371_904)), ('block_15', (2_127_173, 1_051_904)), ('block_1', (3_143_141, 35_936))])
+def test_mobilenetv2_counts_match_s3(mnv2, strategy, expected):
+    # S3 counts the unfrozen BatchNormalization layers' gamma and beta as trainable
+    assert _counts(set_trainable(mnv2, strategy, freeze_batchnorm=False)) == expected
+    # drbook's default keeps them frozen: exactly their gamma and beta move to the non-trainable side
+    bn = _bn_gamma_beta(mnv2, strategy)
+    assert _counts(set_trainable(mnv2, strategy)) == (expected[0] - bn, expected[1] + bn)
+    if strategy == 'block_16': assert bn == 2 * (960 + 960 + 320 + 1280)  # block_16's three BN layers and Conv_1_bn
+
+def test_frozen_batchnorm_runs_in_inference_mode(mnv2):
+    rng = np.random.default_rng(0)
+    calibrate_batchnorm(mnv2, rng.uniform(0, 255, (8, 224, 224, 3)))
+    x = rng.uniform(0, 255, (4, 224, 224, 3)).astype('float32')
+    probe = keras.Model(mnv2.input, mnv2.get_layer('out_relu').output)
+    bn = mnv2.get_layer('Conv_1_bn'); mean = bn.moving_mean.numpy().copy()
+    set_trainable(mnv2, 'block_1')
+    np.testing.assert_allclose(probe(x, training=True).numpy(), probe(x, training=False).numpy(), atol=1e-4)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    set_trainable(mnv2, 'block_1', freeze_batchnorm=False)
+    assert np.abs(probe(x, training=True).numpy() - probe(x, training=False).numpy()).max() > 1e-2
+    assert not np.array_equal(bn.moving_mean.numpy(), mean)  # training mode updated the statistics
+
+def test_fraction_and_count_strategies():
+    model = build_model('ResNet50', 'multiclass', 32, head='s2_16')
+    layers = backbone_layers(model); n = len(layers)
+    k = frozen_count(model, 0.5)
+    assert k == math.floor(n / 2 + 0.5)
+    set_trainable(model, 0.5)
+    assert not any(l.trainable for l in layers[:k])
+    assert all(l.trainable for l in layers[k:] if not isinstance(l, keras.layers.BatchNormalization))
+    assert not any(l.trainable for l in layers if isinstance(l, keras.layers.BatchNormalization))
+    assert all(l.trainable for l in head_layers(model))
+    assert frozen_count(model, 155) == 155 and frozen_count(model, 0.0) == 0 and frozen_count(model, 1.0) == n
+    assert layers[frozen_count(model, 'conv5')].name == 'conv5_block1_1_conv'
+    assert layers[frozen_count(model, 'conv4_block2')].name == 'conv4_block2_1_conv'
+    rep = parameter_report(model)
+    assert rep['trainable'] + rep['non_trainable'] == rep['total'] == model.count_params()
+    assert rep['backbone_trainable'] + rep['head_trainable'] == rep['trainable']
+    with pytest.raises(ValueError, match='no layer or block'): frozen_count(model, 'block_16')
+    with pytest.raises(ValueError, match=r'\[0, 1\]'): frozen_count(model, 1.5)
+    with pytest.raises(ValueError, match='cannot freeze'): frozen_count(model, n + 1)
+    with pytest.raises(TypeError): frozen_count(model, True)
+
+def test_efficientnet_stage_prefix():
+    model = build_model('EfficientNetB0', 'multiclass', 32)
+    assert backbone_layers(model)[frozen_count(model, 'block6')].name == 'block6a_expand_conv'
+
+def test_schedules_and_s2_table():
+    assert [(s.strategy, s.learning_rate, s.optimizer) for s in s4_schedule(2, 3)] == [('frozen', 0.01, 'sgd'), ('unfrozen', 0.001, 'sgd')]
+    assert len(S2_TABLE3) == 15 and len({(c['backbone'], c['strategy'], c['learning_rate']) for c in S2_TABLE3.values()}) == 15
+    assert {c['backbone'] for c in S2_TABLE3.values()} == {'ResNet50', 'ResNet101', 'ResNet152'}
+    assert sorted({c['learning_rate'] for c in S2_TABLE3.values()}) == [0.000025, 0.00015, 0.00075]
+    partial = [c for c in S2_TABLE3.values() if c['strategy'] == 0.5]
+    assert len(partial) == 3 and all((c['batch_size'], c['epochs'], c['head']) == (32, 100, 's2_16') for c in partial)
+    assert s2_stages('resnet50_frozen_lr0.00015')[0] == Stage('resnet50_frozen_lr0.00015', 'frozen', 0.00015, 200, 'adam')
+    with pytest.raises(KeyError, match='no row'): s2_stages('resnet18_frozen')
+
+def _toy_data(n=24, size=32, seed=0):
+    "Images whose grade is written in their brightness, as (train, val) tf.data sets."
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 5
+    x = (rng.uniform(0, 40, (n, size, size, 3)) + 40 * y[:, None, None, None]).astype('float32')
+    ds = lambda a, b: tf.data.Dataset.from_tensor_slices((a, b)).batch(8)
+    return ds(x, y), ds(x[:10], y[:10]), x
+
+class _Stop(Exception): pass
+
+class _Interrupt(keras.callbacks.Callback):
+    "Raise at the end of the `after`-th epoch counted over every stage (a killed run)."
+    def __init__(self, after): super().__init__(); self.after, self.seen = after, 0
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen += 1
+        if self.seen == self.after: raise _Stop(f'interrupted after epoch {epoch + 1}')
+
+class _Epochs(keras.callbacks.Callback):
+    "Record the epochs that actually run, with the learning rate of each."
+    def __init__(self): super().__init__(); self.epochs = []
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append((epoch, float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))))
+
+def _model():
+    keras.utils.set_random_seed(1)
+    return build_model('MobileNetV2', 'multiclass', 32, head='s1')
+
+def test_two_stage_fine_tune_resumes_after_interruption_in_stage_2(tmp_path):
+    train, val, x = _toy_data()
+    stages = two_stage(head_epochs=2, finetune_epochs=3, head_lr=1e-2, finetune_lr=1e-4, unfreeze='block_15')
+    model = _model()
+    calibrate_batchnorm(model, x[:16])
+    initial_conv = model.get_layer('block_16_project').kernel.numpy().copy()
+    # first run: stage 1 (2 epochs) completes, stage 2 is killed after its first epoch
+    with pytest.raises(_Stop):
+        fine_tune(model, stages, train, val, tmp_path, verbose=0, callbacks=[_Interrupt(after=3)])
+    assert (tmp_path/'1_head'/'history.json').exists() and not (tmp_path/'2_finetune'/'history.json').exists()
+    assert (tmp_path/'2_finetune'/'backup').exists()
+    # second run, in a fresh model as after a restart: stage 1 is not repeated, stage 2 continues at its epoch 2
+    model2 = _model()
+    calibrate_batchnorm(model2, x[:16])
+    seen = _Epochs()
+    history = fine_tune(model2, stages, train, val, tmp_path, verbose=0, callbacks=[seen])
+    assert seen.epochs == [(1, pytest.approx(1e-4)), (2, pytest.approx(1e-4))]
+    assert list(history['stage']) == ['head'] * 2 + ['finetune'] * 3
+    assert list(history['stage_epoch']) == [1, 2, 1, 2, 3] and list(history.index) == [1, 2, 3, 4, 5]
+    assert np.isfinite(history['loss']).all() and 'val_accuracy' in history
+    # stage 2 trained the unfrozen block (the backbone moved), with BN frozen and the bottom still frozen
+    assert not np.allclose(model2.get_layer('block_16_project').kernel.numpy(), initial_conv)
+    assert parameter_report(model2)['trainable'] == parameter_report(set_trainable(_model(), 'block_15'))['trainable']
+    assert json.loads((tmp_path/'2_finetune'/'stage.json').read_text())['strategy'] == 'block_15'
+    # a third call has nothing left to train and returns the same history
+    again = fine_tune(_model(), stages, train, val, tmp_path, verbose=0, callbacks=[seen])
+    assert len(seen.epochs) == 2 and again[['loss']].equals(history[['loss']])
+
+def test_stage_1_keeps_the_backbone_frozen_and_config_changes_are_refused(tmp_path):
+    train, val, _ = _toy_data(n=16)
+    model = _model()
+    before = model.get_layer('block_16_project').kernel.numpy().copy()
+    fine_tune(model, [Stage('head', 'frozen', 1e-2, 1)], train, val, tmp_path, verbose=0)
+    np.testing.assert_array_equal(model.get_layer('block_16_project').kernel.numpy(), before)
+    with pytest.raises(ValueError, match='another configuration'):
+        fine_tune(model, [Stage('head', 'frozen', 1e-3, 1)], train, val, tmp_path, verbose=0)

@@ -1,0 +1,170 @@
+"""drbook.transfer: every registry backbone builds flat at its minimum size, its last conv output is connected to the
+output (gradient test), blocks are contiguous, heads serve every task, weights files load, saved models reload."""
+import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from pathlib import Path
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from drbook.core import TASKS, N_GRADES, MULTILABEL
+from drbook.transfer import (BACKBONES, HEADS, PreprocessInput, add_head, backbone_layers, backbone_of, block_labels,
+                             block_names, build_model, calibrate_batchnorm, conv_output_model, get_backbone,
+                             head_layers, keras_weights_path, resolve_weights, weights_used)
+
+OUTPUT_UNITS = {'multiclass': N_GRADES, 'sigmoid': N_GRADES, 'ordinal': N_GRADES - 1, 'regression': 1,
+                'multilabel': len(MULTILABEL)}
+_MODELS = {}
+
+def model_for(name):
+    "Each backbone is built once per session (weights=None, minimum input size, S1 head)."
+    if name not in _MODELS:
+        keras.utils.set_random_seed(0)
+        _MODELS[name] = build_model(name, 'multiclass', get_backbone(name).min_size, head='s1')
+    return _MODELS[name]
+
+def _image(size, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (1, size, size, 3)).astype('float32')
+
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_backbone_flat_forward_and_gradient(name):
+    bb, model = get_backbone(name), model_for(name)
+    # flat graph: no nested model among the layers, the backbone's last conv layer is a layer of the model itself
+    assert not any(isinstance(l, keras.Model) for l in model.layers)
+    layers = backbone_layers(model)
+    assert layers[-1].name == bb.output and bb.last_conv in [l.name for l in layers]
+    assert all(l.trainable is False for l in layers) and head_layers(model)[-1].name == 'predictions'
+    # one forward pass through the (feature maps, predictions) model, and the gradient of the top class score
+    # with respect to the last conv output: it exists and is not all zero
+    x = _image(bb.min_size)
+    cam = conv_output_model(model)
+    with tf.GradientTape() as tape:
+        maps, out = cam(x, training=False)
+        score = tf.gather(out[0], tf.argmax(out[0]))
+    assert out.shape == (1, N_GRADES) and np.isfinite(out.numpy()).all()
+    np.testing.assert_allclose(out.numpy().sum(), 1, rtol=1e-5)
+    grads = tape.gradient(score, maps)
+    assert grads is not None, f'{name}: no gradient from the output to {bb.last_conv}'
+    assert maps.shape[1:] == grads.shape[1:] and bool(tf.reduce_any(grads != 0)), f'{name}: gradient all zero'
+
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_blocks_are_contiguous_and_named(name):
+    labels = block_labels(model_for(name))
+    names = block_names(model_for(name))
+    assert len(labels) == len(backbone_layers(model_for(name))) and len(names) >= 5
+    # each block is one run of consecutive layers
+    runs = [l for i, l in enumerate(labels) if i == 0 or l != labels[i - 1]]
+    assert runs == names, f'{name}: a block is split into pieces'
+
+def _ancestors(layer, seen=None):
+    "Names of every layer that feeds `layer` (graph traversal through inbound nodes)."
+    seen = set() if seen is None else seen
+    for node in layer._inbound_nodes:
+        for parent in node.parent_nodes:
+            op = parent.operation
+            if op.name not in seen: seen.add(op.name); _ancestors(op, seen)
+    return seen
+
+@pytest.mark.parametrize('name', ['InceptionV3', 'InceptionResNetV2'])
+def test_end_marked_blocks_follow_the_graph(name):
+    "Blocks read from end markers hold exactly the layers feeding their end layer and not the previous one."
+    model = model_for(name); layers = backbone_layers(model); labels = block_labels(model)
+    ends = {lab: max(i for i, l in enumerate(labels) if l == lab) for lab in block_names(model)}
+    prev = set()
+    for lab in block_names(model)[:-1]:
+        end = layers[ends[lab]]
+        mine = (_ancestors(end) | {end.name}) - prev
+        got = {l.name for l, b in zip(layers, labels) if b == lab}
+        assert got <= mine, f'{name}: {sorted(got - mine)[:5]} in block {lab} do not feed its end {end.name}'
+        prev |= mine
+
+def test_registry_lookup_and_sizes():
+    assert set(BACKBONES) == {'VGG16', 'ResNet50', 'ResNet101', 'ResNet152', 'InceptionV3', 'InceptionResNetV2',
+                              'MobileNetV2', *[f'EfficientNetB{i}' for i in range(5)]}
+    assert get_backbone('efficientnetb3').default_size == 300
+    with pytest.raises(KeyError, match='known: VGG16'): get_backbone('Xception')
+    with pytest.raises(ValueError, match='at least 32 px'): build_model('ResNet50', image_size=16)
+    # VGG16's blocks are block1..block5; MobileNetV2's end with block_16 and the top conv
+    assert block_names(build_model('VGG16', image_size=32)) == [f'block{i}' for i in range(1, 6)]
+    assert block_names(model_for('MobileNetV2'))[-3:] == ['block_15', 'block_16', 'Conv_1']
+    assert block_names(model_for('EfficientNetB0'))[:3] == ['stem', 'block1a', 'block2a']
+
+@pytest.mark.parametrize('name', ['VGG16', 'ResNet50', 'InceptionV3', 'MobileNetV2', 'EfficientNetB0'])
+def test_preprocess_layer_matches_keras(name):
+    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype('float32')
+    ref = getattr(keras.applications, get_backbone(name).module).preprocess_input(x.copy())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(PreprocessInput(name)(x)), ref, rtol=1e-5, atol=1e-4)
+
+@pytest.mark.parametrize('task', list(TASKS))
+@pytest.mark.parametrize('head', list(HEADS))
+def test_every_head_serves_every_task(head, task):
+    feats = keras.Input((3, 3, 64))
+    model = keras.Model(feats, add_head(feats, task, head))
+    assert model.output.shape == (None, OUTPUT_UNITS[task])
+    out = model(np.ones((2, 3, 3, 64), 'float32')).numpy()
+    assert out.shape == (2, OUTPUT_UNITS[task]) and np.isfinite(out).all()
+    if head.startswith('s2_'): assert model.losses, 'S2 heads carry L1 + L2 penalties'
+    if head == 's4_conv': assert sum(isinstance(l, keras.layers.Conv2D) for l in model.layers) == 3
+
+def test_head_presets_follow_the_seeds():
+    feats = keras.Input((7, 7, 512))
+    s1 = keras.Model(feats, add_head(feats, 'sigmoid', 's1'))
+    assert [type(l).__name__ for l in s1.layers[1:]] == ['GlobalAveragePooling2D', 'Dropout', 'Dense']
+    assert s1.get_layer('head_dropout').rate == 0.5 and s1.output.shape == (None, 5)
+    # S3 VGG16 experiment 1: Flatten -> Dense 256 -> Dense 5 = 6,422,784 + 1,285 parameters
+    assert keras.Model(feats, add_head(feats, 'multiclass', 's3_flatten256')).count_params() == 6_422_784 + 1_285
+    s2 = keras.Model(feats, add_head(feats, 'multiclass', 's2_32_16'))
+    assert [l.units for l in s2.layers if isinstance(l, keras.layers.Dense)] == [32, 16, 5]
+    with pytest.raises(KeyError, match='unknown head'): add_head(feats, 'multiclass', 'nope')
+    with pytest.raises(ValueError, match="'gap' or 'flatten'"): add_head(feats, 'multiclass', 's1', pooling='max')
+
+def test_local_weights_file_is_loaded(tmp_path):
+    # a headless MobileNetV2 weights file, as someone would copy it onto an offline machine
+    keras.utils.set_random_seed(5)
+    donor = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path/'mobilenet_v2_notop.weights.h5'
+    donor.save_weights(path)
+    keras.utils.set_random_seed(6)
+    model = build_model('MobileNetV2', image_size=32, weights=path)
+    np.testing.assert_array_equal(model.get_layer('Conv1').kernel.numpy(), donor.get_layer('Conv1').kernel.numpy())
+    np.testing.assert_array_equal(model.get_layer('Conv_1_bn').moving_variance.numpy(),
+                                  donor.get_layer('Conv_1_bn').moving_variance.numpy())
+    assert weights_used(path) == 'file:mobilenet_v2_notop.weights.h5' and weights_used('none') == 'none (random)'
+    with pytest.raises(FileNotFoundError, match='does not exist'): build_model('MobileNetV2', image_size=32, weights=tmp_path/'x.h5')
+
+def test_keras_weights_path_follows_keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv('KERAS_HOME', str(tmp_path))
+    assert keras_weights_path('ResNet152') == tmp_path/'models'/'resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5'
+    assert keras_weights_path('EfficientNetB2').name == 'efficientnetb2_notop.h5'
+    assert keras_weights_path('MobileNetV2', 128).name.endswith('_1.0_128_no_top.h5')
+    assert resolve_weights('imagenet') == 'imagenet' and resolve_weights(None) is None
+
+def test_saved_model_reloads_with_its_scaling_and_conv_output(tmp_path):
+    from drbook.train import save_model, load_model
+    model = model_for('MobileNetV2')
+    x = _image(32, seed=3)
+    save_model(model, tmp_path/'m.keras')
+    loaded = load_model(tmp_path/'m.keras', compile=False)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert backbone_of(loaded).name == 'MobileNetV2'
+    maps, _ = conv_output_model(loaded)(x)
+    assert maps.shape == (1, 1, 1, 1280)
+
+def test_calibrate_batchnorm_gives_random_backbones_live_features():
+    keras.utils.set_random_seed(0)
+    model = build_model('ResNet50', image_size=32)
+    cam = conv_output_model(model)
+    batch = np.random.default_rng(2).uniform(0, 255, (8, 32, 32, 3)).astype('float32')
+    before = np.abs(cam(batch)[0].numpy()).mean()
+    moving = model.get_layer('conv5_block3_3_bn').moving_variance.numpy().copy()
+    calibrate_batchnorm(model, batch)
+    after = cam(batch)[0].numpy()
+    assert not np.allclose(model.get_layer('conv5_block3_3_bn').moving_variance.numpy(), moving)
+    assert np.isfinite(after).all() and after.std(axis=0).mean() > 0  # features differ between images
+    assert all(not l.trainable for l in backbone_layers(model))  # still frozen afterwards
+    assert before != np.abs(after).mean()
+
+def test_backbone_of_rejects_foreign_models():
+    inp = keras.Input((8, 8, 3)); m = keras.Model(inp, keras.layers.Dense(2)(inp))
+    with pytest.raises(ValueError, match='no PreprocessInput layer'): backbone_of(m)
