@@ -160,6 +160,29 @@ def test_rebuilding_data_samples_reproduces_the_manifest(tmp_path):
     assert (tmp_path/'data_samples'/syn.MANIFEST).read_text() == (SAMPLES/syn.MANIFEST).read_text()
 
 
+DRAW_AND_HASH = """
+import hashlib, sys, cv2, numpy as np
+if sys.argv[1] == 'plain': cv2.setUseOptimized(False)  # OpenCV without its vector code (SSE4/AVX2/AVX-512 paths)
+from drbook.synthetic import make_fundus, _encode
+h = hashlib.sha256()
+for i in range(10):
+    image, masks, scene = make_fundus(i, i % 5, 200, eye=('left', 'right')[i % 2])
+    h.update(_encode('.jpg', image[..., ::-1], cv2.IMWRITE_JPEG_QUALITY, scene['camera']['jpeg_quality']))
+    for t in sorted(masks): h.update(_encode('.png', masks[t].astype(np.uint8) * 255, cv2.IMWRITE_PNG_BILEVEL, 1))
+print(h.hexdigest())
+"""
+
+
+def test_same_bytes_without_vector_instructions():
+    "What another CPU would do: NumPy and OpenCV without their AVX2 code paths draw the same bytes."
+    try: from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError: __cpu_features__ = {}
+    run = lambda mode, env: subprocess.run([sys.executable, '-c', DRAW_AND_HASH, mode], capture_output=True, text=True,
+                                           check=True, env={**os.environ, **env}).stdout.strip()
+    plain_env = {'NPY_DISABLE_CPU_FEATURES': 'X86_V3'} if __cpu_features__.get('X86_V3') else {}
+    assert run('simd', {}) == run('plain', plain_env)
+
+
 def test_command_line_and_no_tensorflow(tmp_path):
     code = "import sys, drbook.synthetic; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
