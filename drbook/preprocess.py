@@ -38,7 +38,7 @@ def _to_rgb8(a:np.ndarray, # a decoded image: (h, w) or (h, w, 1–4), any integ
             )->np.ndarray:
     "`a` as RGB uint8: 16-bit and float scaled, grey expanded, alpha composited over black."
     if a.dtype.kind == 'f': a = np.clip(a * (255 if np.nanmax(a) <= 1 else 1), 0, 255).round().astype(np.uint8)
-    elif a.dtype != np.uint8: a = (a.astype(np.float64) * (255 / np.iinfo(a.dtype).max)).round().astype(np.uint8)
+    elif a.dtype != np.uint8: a = np.clip(a.astype(np.float64) * (255 / np.iinfo(a.dtype).max), 0, 255).round().astype(np.uint8)
     if a.ndim == 2: a = a[..., None]
     if a.shape[2] in (2, 4):  # colour over black where transparent: the fundus background is black
         alpha = a[..., -1:].astype(np.uint16)
@@ -117,7 +117,7 @@ def _read(path:Path|str, max_side:int|None=None)->tuple:
         img = None if palette else cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         img = _to_rgb8(img) if img is not None else None
     if img is None and fmt is not None:  # a format OpenCV cannot decode, but Pillow recognised
-        try: img = _pil_decode(data)
+        try: img, factor = _pil_decode(data), 1
         except Exception as e: raise ImageReadError(path, f'cannot decode the {fmt} image ({e})') from None
     if img is None: raise ImageReadError(path, 'not an image (no decoder recognises the content)')
     return apply_orientation(img, orientation), factor
@@ -459,6 +459,7 @@ def preprocess_dataset(table:pd.DataFrame, # a canonical table (`image_path` col
                       )->tuple:
     "`(table with preprocessed_path, failure report)`; work done and cache hits in `table.attrs['preprocess']`."
     if errors not in ('report', 'raise'): raise ValueError(f"errors={errors!r}: expected 'report' or 'raise'")
+    if column not in table: raise ValueError(f"the table has no {column!r} column (columns: {list(table.columns)})")
     t0, recipe = time.perf_counter(), get_recipe(recipe).at_size(size)
     folder = Path(cache_dir or core.cache_dir()/'preprocess')/recipe.hash
     folder.mkdir(parents=True, exist_ok=True)
@@ -508,6 +509,7 @@ def split_table(table:pd.DataFrame, # a canonical table
                )->tuple:
     "The table cut into len(fractions) parts (e.g. train, val, test), stratified, with each patient in one part."
     fractions, rng = _fractions(fractions), np.random.default_rng(seed)
+    if not len(table): raise ValueError('cannot split an empty table')
     gid = _group_ids(table, group)
     cls = pd.factorize(table[stratify], sort=True)[0] + 1 if stratify else np.zeros(len(table), int)  # NA: class 0
     counts = np.zeros((gid.max() + 1, cls.max() + 1)); np.add.at(counts, (gid, cls), 1)  # rows per group and class
