@@ -59,7 +59,7 @@ def decode_only(job):
     return cv2.imdecode(np.fromfile(path, np.uint8), FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION).shape
 
 
-def synthetic_photos(folder, n=24):
+def synthetic_photos(folder, n=16):
     "n synthetic 4288×2848 JPEG photographs (drbook.synthetic drawn at half size, enlarged, with sensor noise)."
     from drbook.synthetic import make_fundus
     rng = np.random.default_rng(0)
