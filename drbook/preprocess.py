@@ -525,8 +525,8 @@ def split_table(table:pd.DataFrame, # a canonical table
 # %% ../nbs/03_preprocessing.ipynb #7237decb
 def balance(table:pd.DataFrame, # a table (usually the training split)
             n:int|None=None, # images per class; default: the smallest class ('under', 'both') or the largest ('over')
-            how:str='both', # 'under': only shrink classes above n; 'over': only grow those below; 'both'
             seed:int=42, # seed of the random choices
+            how:str='both', # 'under': only shrink classes above n; 'over': only grow those below; 'both'
             label:str='grade', # the class column
            )->pd.DataFrame:
     "S3's balanceClass: each class under-sampled (drop) or over-sampled (repeat) to `n` images."
