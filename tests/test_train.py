@@ -88,12 +88,13 @@ def test_weighted_bce_against_numpy():
         pytest.approx(float(keras.losses.BinaryCrossentropy()(y, p)), rel=1e-5)
 
 
-def test_label_pos_weights_are_negatives_over_positives():
-    y = encode(np.array([0, 0, 1, 2, 3, 4, 4, 4]), 'multilabel')
-    pos = y.sum(0)
-    np.testing.assert_allclose(train.label_pos_weights(y), (len(y) - pos) / pos)
-    with pytest.raises(ValueError, match=r"\['SE'\]"): train.label_pos_weights(encode(np.array([0, 1, 2, 3]), 'multilabel'))
-    with pytest.raises(ValueError, match='shape'): train.label_pos_weights(np.ones((3, 2)))
+def test_pos_weight_as_list_or_dict():
+    w = {'MA': 2.0, 'HE': 1.0, 'EX': 3.0, 'SE': 4.0, 'healthy': 0.5}
+    assert train.compile_for(tiny('multilabel'), 'multilabel', pos_weight=w).loss.pos_weight == [2, 1, 3, 4, 0.5]
+    assert train.compile_for(tiny('ordinal'), 'ordinal', pos_weight={0: 1, 1: 2, 2: 3, 3: 4}).loss.pos_weight == [1, 2, 3, 4]
+    assert train.compile_for(tiny('sigmoid'), 'sigmoid', pos_weight=[1, 2, 3, 4, 5]).loss.pos_weight == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match=r"no weight for \['healthy'\]"):
+        train.compile_for(tiny('multilabel'), 'multilabel', pos_weight={k: 1 for k in MULTILABEL[:-1]})
 
 
 @pytest.mark.parametrize('task,loss,expected', [('multiclass', None, 'SparseCategoricalCrossentropy'),
@@ -225,8 +226,9 @@ def test_fit_with_reduce_lr_logs_the_learning_rate(tmp_path):
 def test_every_task_trains_and_predicts(tmp_path, task):
     seed_everything(0)
     tr, va = toy(64, task)[0], toy(32, task, seed=1)[0]
-    m = train.compile_for(tiny(task), task, learning_rate=1e-2,
-                          pos_weight=train.label_pos_weights(encode(np.arange(10) % 5, task)) if task == 'multilabel' else None)
+    y = encode(np.arange(10) % 5, 'multilabel')
+    pos_weight = dict(zip(MULTILABEL, (len(y) - y.sum(0)) / y.sum(0))) if task == 'multilabel' else None
+    m = train.compile_for(tiny(task), task, learning_rate=1e-2, pos_weight=pos_weight)
     h = train.fit(m, tr, va, tmp_path, epochs=2, verbose=0, class_weight=None if task == 'multilabel' else [1, 2, 1, 2, 1])
     assert len(h['val_loss']) == 2 and np.isfinite(h['val_loss']).all()
     out = train.predict(m, va)
