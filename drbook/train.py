@@ -147,7 +147,7 @@ def load_model(path:Path|str, # a `.keras` file written by `save_model` or `fit`
 # %% ../nbs/06_training.ipynb #0a537550
 class _AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
     "ModelCheckpoint that writes the `.keras` file atomically (a killed run never leaves half a model)."
-    def _save_model(self, epoch, batch, logs):
+    def _save_model(self, epoch, batch, logs):  # Keras's own hook; were it renamed, Keras would save non-atomically
         path = self._get_file_path(epoch, batch, logs)
         if self._should_save_model(epoch, batch, logs, path): save_model(self.model, path)
 
