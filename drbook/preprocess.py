@@ -151,10 +151,11 @@ def default_workers()->int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
-def _mp_context():
-    "fork on Linux without TensorFlow loaded (fast start); otherwise forkserver or spawn (fresh interpreters)."
+def _mp_context(fn=None):
+    "fork on Linux without TensorFlow loaded (fast start), or when the work is defined in `__main__` (a notebook's own cells, which only fork can send); otherwise forkserver or spawn."
     import multiprocessing as mp
-    if sys.platform.startswith('linux') and 'tensorflow' not in sys.modules: return mp.get_context('fork')
+    interactive = any(getattr(f, '__module__', None) == '__main__' for f in (fn, _worker_init, _run_chunk))
+    if sys.platform.startswith('linux') and ('tensorflow' not in sys.modules or interactive): return mp.get_context('fork')
     return mp.get_context('forkserver' if 'forkserver' in mp.get_all_start_methods() else 'spawn')
 
 def _on_sigterm(signum, frame): raise SystemExit(128 + signum)  # unwinds, so atomic_write removes its temporary file
@@ -181,7 +182,7 @@ def imap_chunked(fn, # a module-level function of one item (it is sent to the wo
         size = max(1, min(16, len(items) // (4 * workers)))  # several chunks per worker keep all of them busy to the end
         pairs = list(enumerate(items))
         chunks = [pairs[j:j + size] for j in range(0, len(pairs), size)]
-        ex = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_mp_context(), initializer=_worker_init)
+        ex = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_mp_context(fn), initializer=_worker_init)
         threads = cv2.getNumThreads(); cv2.setNumThreads(1)  # no live OpenCV pool while forking (see above)
         try:
             try: futures = [ex.submit(_run_chunk, fn, c) for c in chunks]  # the workers start during these submits
