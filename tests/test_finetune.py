@@ -133,21 +133,21 @@ def test_two_stage_fine_tune_resumes_after_interruption_in_stage_2(tmp_path):
     # first run: stage 1 (2 epochs) completes, stage 2 is killed after its first epoch
     with pytest.raises(_Stop):
         fine_tune(model, stages, train, val, tmp_path, verbose=0, callbacks=[_Interrupt(after=3)])
-    assert (tmp_path/'1_head'/'history.json').exists() and not (tmp_path/'2_finetune'/'history.json').exists()
-    assert (tmp_path/'2_finetune'/'backup').exists()
+    assert (tmp_path/'1_head'/'history.json').exists() and not (tmp_path/'2_finetune_block_15_lr0.0001'/'history.json').exists()
+    assert (tmp_path/'2_finetune_block_15_lr0.0001'/'backup').exists()
     # second run, in a fresh model as after a restart: stage 1 is not repeated, stage 2 continues at its epoch 2
     model2 = _model()
     calibrate_batchnorm(model2, x[:16])
     seen = _Epochs()
     history = fine_tune(model2, stages, train, val, tmp_path, verbose=0, callbacks=[seen])
     assert seen.epochs == [(1, pytest.approx(1e-4)), (2, pytest.approx(1e-4))]
-    assert list(history['stage']) == ['head'] * 2 + ['finetune'] * 3
+    assert list(history['stage']) == ['head'] * 2 + [stages[1].name] * 3 and stages[1].name == 'finetune_block_15_lr0.0001'
     assert list(history['stage_epoch']) == [1, 2, 1, 2, 3] and list(history.index) == [1, 2, 3, 4, 5]
     assert np.isfinite(history['loss']).all() and 'val_accuracy' in history
     # stage 2 trained the unfrozen block (the backbone moved), with BN frozen and the bottom still frozen
     assert not np.allclose(model2.get_layer('block_16_project').kernel.numpy(), initial_conv)
     assert parameter_report(model2)['trainable'] == parameter_report(set_trainable(_model(), 'block_15'))['trainable']
-    assert json.loads((tmp_path/'2_finetune'/'stage.json').read_text())['strategy'] == 'block_15'
+    assert json.loads((tmp_path/'2_finetune_block_15_lr0.0001'/'stage.json').read_text())['strategy'] == 'block_15'
     # a third call has nothing left to train and returns the same history
     again = fine_tune(_model(), stages, train, val, tmp_path, verbose=0, callbacks=[seen])
     assert len(seen.epochs) == 2 and again[['loss']].equals(history[['loss']])

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from drbook.core import TASKS, N_GRADES, MULTILABEL
 from drbook.transfer import (BACKBONES, HEADS, PreprocessInput, add_head, backbone_layers, backbone_of, block_labels,
-                             block_names, build_model, calibrate_batchnorm, conv_output_model, get_backbone,
-                             head_layers, keras_weights_path, resolve_weights, weights_used)
+                             block_names, build_model, calibrate_batchnorm, conv_output_model, feature_model,
+                             get_backbone, head_layers, head_model, keras_weights_path, resolve_weights, weights_used)
 
 OUTPUT_UNITS = {'multiclass': N_GRADES, 'sigmoid': N_GRADES, 'ordinal': N_GRADES - 1, 'regression': 1,
                 'multilabel': len(MULTILABEL)}
@@ -168,3 +168,17 @@ def test_calibrate_batchnorm_gives_random_backbones_live_features():
 def test_backbone_of_rejects_foreign_models():
     inp = keras.Input((8, 8, 3)); m = keras.Model(inp, keras.layers.Dense(2)(inp))
     with pytest.raises(ValueError, match='no PreprocessInput layer'): backbone_of(m)
+
+@pytest.mark.parametrize('head', ['s1', 's3_flatten256', 's2_32_16', 's4_conv'])
+def test_feature_and_head_models_compose_and_share_weights(head):
+    keras.utils.set_random_seed(0)
+    model = build_model('MobileNetV2', 'multilabel', 32, head=head)
+    x = np.random.default_rng(4).uniform(0, 255, (8, 32, 32, 3)).astype('float32')
+    calibrate_batchnorm(model, x)  # random weights: give the frozen backbone live features
+    hm = head_model(model)
+    np.testing.assert_allclose(hm(feature_model(model)(x)).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    # training the head model trains the full model's head (the layers are shared, not copied)
+    w = model.get_layer('predictions').kernel.numpy().copy()
+    hm.compile(optimizer=keras.optimizers.SGD(0.1), loss='binary_crossentropy')
+    hm.fit(feature_model(model)(x), np.ones((8, len(MULTILABEL)), 'float32'), epochs=1, verbose=0)
+    assert not np.allclose(model.get_layer('predictions').kernel.numpy(), w)
