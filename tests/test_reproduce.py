@@ -18,7 +18,7 @@ def drbook(*args, cwd=None):
 @pytest.fixture
 def course(tmp_path):
     nbs = tmp_path/'nbs'; nbs.mkdir()
-    tiny_nb(nbs/'00_first.ipynb', "from drbook.core import record\nrecord('qwk', 0.25 * k)", params='k = 1  # a factor')
+    tiny_nb(nbs/'00_first.ipynb', "from drbook.core import record\nrecord('qwk', 0.25 * k)", params="k = 1  # the run's factor, quoted 'like this'")
     tiny_nb(nbs/'01_second.ipynb', "from drbook.core import record\nrecord('rows', [1, 2])")
     prof = tmp_path/'p.yaml'
     prof.write_text("description: test\nparameters:\n  00_first: {k: 2, typo: 1}\n")
