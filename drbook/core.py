@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'TASKS', 'PROJECT_ROOT', 'grade_name', 'data_dir',
-           'cache_dir', 'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'seed_everything', 'device_report',
-           'get_strategy', 'require_gpu', 'record', 'read_records', 'latest_records']
+__all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'PROJECT_ROOT', 'grade_name', 'data_dir', 'cache_dir',
+           'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'seed_everything', 'device_report', 'get_strategy',
+           'require_gpu', 'record', 'read_records', 'latest_records']
 
 # %% ../nbs/00_core.ipynb #b2df90bb
 GRADES = {0: 'No DR', 1: 'Mild NPDR', 2: 'Moderate NPDR', 3: 'Severe NPDR', 4: 'Proliferative DR'}
@@ -19,13 +19,6 @@ N_GRADES = len(GRADES)
 REFERABLE_FROM = 2  # ICDR grade from which DR is referable
 LESIONS = {'MA': 'Microaneurysms', 'HE': 'Haemorrhages', 'EX': 'Hard exudates', 'SE': 'Soft exudates (cotton-wool spots)'}
 MULTILABEL = (*LESIONS, 'healthy')  # multi-label target order: four lesion types, then "no lesion"
-TASKS = {
-    'multiclass': 'softmax over the 5 grades, sparse integer targets',
-    'sigmoid': 'one sigmoid per grade on one-hot targets with binary cross entropy (S1)',
-    'ordinal': 'cumulative encoding: 4 sigmoids, output k is P(grade > k)',
-    'regression': 'one linear output, the grade as a number',
-    'multilabel': 'one sigmoid per label in MULTILABEL (lesions present, or healthy)',
-}
 
 # %% ../nbs/00_core.ipynb #a3cbfc08
 def grade_name(grade:int # ICDR grade 0–4

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import keras
 from .core import atomic_write
+from .train import compile_for, fit, load_model
 from .transfer import backbone_layers, head_layers, block_labels, block_names, backbone_of
 
 # %% auto #0
@@ -123,7 +124,6 @@ def _claim(folder:Path, config:dict):
 
 def _load_best(model, folder:Path):
     "Copy the weights of the stage's best model (`model.keras`) into `model`."
-    from drbook.train import load_model
     model.set_weights(load_model(folder/'model.keras', compile=False).get_weights())
 
 # %% ../nbs/09_fine_tuning.ipynb #202dd8eb
@@ -131,12 +131,11 @@ def fine_tune(model:keras.Model, # a model from drbook.transfer.build_model
               stages:list, # Stage objects, run in order
               train_ds, val_ds, # tf.data sets of (image, target) batches
               out_dir:Path|str, # run folder; reuse it to resume
-              task:str='multiclass', # a key of drbook.core.TASKS (chooses the loss)
+              task:str='multiclass', # a key of drbook.tasks.TASKS (chooses the loss)
               freeze_batchnorm:bool=True, # keep BatchNormalization layers in inference mode
               **fit_kwargs, # passed to drbook.train.fit (patience, class_weight, callbacks, verbose, ...)
              )->pd.DataFrame:
     "Train `model` through `stages`, resuming an interrupted run; the history of every stage, one row per epoch."
-    from drbook.train import compile_for, fit
     out_dir, frames = Path(out_dir), []
     for i, st in enumerate(stages, 1):
         folder = out_dir/f'{i}_{st.name}'; folder.mkdir(parents=True, exist_ok=True)

@@ -9,39 +9,23 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import sklearn.metrics as skm
 from scipy.optimize import minimize
-from .core import GRADES, N_GRADES, REFERABLE_FROM, MULTILABEL, TASKS, atomic_write
+from .core import GRADES, N_GRADES, REFERABLE_FROM, MULTILABEL, atomic_write
+from .tasks import (N_OUTPUTS, DEFAULT_CUTPOINTS, as_float, check_task, check_length, check_scores,
+                          check_cutpoints, check_thresholds, scores_to_grades, class_scores, referable_score)
 
 # %% auto #0
-__all__ = ['N_OUTPUTS', 'DEFAULT_CUTPOINTS', 'GRADE_LABELS', 'THRESHOLDS_FILE', 'RESULT_COLUMNS', 'check_grades', 'check_task',
-           'check_length', 'check_scores', 'check_cutpoints', 'check_thresholds', 'scores_to_grades', 'class_scores',
-           'referable_score', 'check_pair', 'accuracy', 'qwk', 'confusion_matrix', 'classification_report',
-           'plot_confusion', 'per_class_auc', 'bootstrap_confusions', 'one_vs_rest', 'rates', 'sensitivity_specificity',
-           'share_matched_cutpoints', 'fit_cutpoints', 'check_labels', 'fit_label_thresholds', 'save_thresholds',
-           'load_thresholds', 'multilabel_metrics', 'evaluate', 'results_table', 'plot_roc', 'history_frame',
-           'plot_history']
-
-# %% ../nbs/05_metrics.ipynb #65a3304c
-def _at(name, shape, flat_i):
-    "`name[i]` or `name[i, j]` for the `flat_i`-th entry of an array of `shape`."
-    return f"{name}[{', '.join(str(int(i)) for i in np.unravel_index(flat_i, shape))}]"
-
-def _as_float(x, name):
-    "`x` as a float array (None and pandas NA become NaN); ValueError naming the first entry that is not a number."
-    try: return np.asarray(x.to_numpy(dtype=float, na_value=np.nan) if hasattr(x, 'to_numpy') else x, dtype=float)
-    except (TypeError, ValueError): pass
-    obj = np.asarray(x.to_numpy(dtype=object) if hasattr(x, 'to_numpy') else x, dtype=object)
-    flat = obj.ravel()
-    num = pd.to_numeric(pd.Series(flat), errors='coerce').to_numpy(dtype=float, na_value=np.nan)
-    bad = np.flatnonzero(np.isnan(num) & ~pd.isna(flat).astype(bool))
-    if len(bad): raise ValueError(f"{_at(name, obj.shape, bad[0])} = {flat[bad[0]]!r} is not a number")
-    return num.reshape(obj.shape)
+__all__ = ['GRADE_LABELS', 'THRESHOLDS_FILE', 'RESULT_COLUMNS', 'check_grades', 'check_pair', 'accuracy', 'qwk',
+           'confusion_matrix', 'classification_report', 'plot_confusion', 'per_class_auc', 'bootstrap_confusions',
+           'one_vs_rest', 'rates', 'sensitivity_specificity', 'share_matched_cutpoints', 'fit_cutpoints',
+           'check_labels', 'fit_label_thresholds', 'save_thresholds', 'load_thresholds', 'multilabel_metrics',
+           'evaluate', 'results_table', 'plot_roc', 'history_frame', 'plot_history']
 
 # %% ../nbs/05_metrics.ipynb #8baca1e1
 def check_grades(y, # ICDR grades 0–4, one per eye (list, array or pandas Series)
                  name:str='y_true', # what to call `y` in error messages
                 )->np.ndarray:
     "`y` as a 1-D integer array of ICDR grades; ValueError naming the first bad entry otherwise."
-    a = _as_float(y, name)
+    a = as_float(y, name)
     if a.ndim != 1:
         hint = ' (one-hot targets? pass y.argmax(1))' if a.ndim == 2 and a.shape[1] == N_GRADES else ''
         raise ValueError(f"{name} must be a 1-D sequence of grades; got shape {a.shape}{hint}")
@@ -50,90 +34,6 @@ def check_grades(y, # ICDR grades 0–4, one per eye (list, array or pandas Seri
                      ((a < 0) | (a > N_GRADES - 1), f'is outside the ICDR grades 0–{N_GRADES - 1}')):
         if bad.any(): i = int(np.flatnonzero(bad)[0]); raise ValueError(f"{name}[{i}] = {a[i]:g} {why}")
     return a.astype(int)
-
-# %% ../nbs/05_metrics.ipynb #009de405
-N_OUTPUTS = {'multiclass': N_GRADES, 'sigmoid': N_GRADES, 'ordinal': N_GRADES - 1, 'regression': 1,
-             'multilabel': len(MULTILABEL)}  # model outputs per task
-
-def check_task(task:str)->str:
-    "`task` if it is one of `drbook.core.TASKS`, else a ValueError listing them."
-    if task not in TASKS: raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    return task
-
-def check_length(n:int, a, name:str, ref:str='y_true'):
-    "ValueError when `a` does not have `n` rows (one per eye of `ref`)."
-    if len(a) != n: raise ValueError(f"length mismatch: {ref} has {n} eyes but {name} has {len(a)}")
-
-# %% ../nbs/05_metrics.ipynb #f4b39bcb
-def check_scores(scores, # model outputs for `task`
-                 task:str, # one of drbook.core.TASKS
-                 n:int|None=None, # expected number of eyes (rows), when known
-                 name:str='scores', # what to call `scores` in error messages
-                 n_outputs:int|None=None, # outputs per eye, when not the task's usual number
-                )->np.ndarray:
-    "Model outputs as a finite float array of the task's shape (regression flattened to 1-D); ValueError otherwise."
-    k = n_outputs or N_OUTPUTS[check_task(task)]
-    a = _as_float(scores, name)
-    if task == 'regression' and a.ndim == 2 and a.shape[1] == 1: a = a[:, 0]
-    want = ('n',) if task == 'regression' else ('n', k)
-    if a.ndim != len(want) or a.shape[1:] != tuple(want[1:]) or len(a) == 0:
-        raise ValueError(f"{name} for task {task!r} must have shape ({', '.join(map(str, want))}); got {a.shape}")
-    if n is not None: check_length(n, a, name)
-    bad = np.flatnonzero(~np.isfinite(a))
-    if len(bad): raise ValueError(f"{_at(name, a.shape, bad[0])} is {a.flat[bad[0]]} (scores must be finite numbers)")
-    return a
-
-# %% ../nbs/05_metrics.ipynb #05573aaa
-DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5, 3.5)  # plain rounding of a continuous grade
-
-def check_cutpoints(cutpoints)->np.ndarray:
-    "Four finite, sorted cut-points between grades 0|1, 1|2, 2|3 and 3|4; ValueError otherwise."
-    c = _as_float(DEFAULT_CUTPOINTS if cutpoints is None else cutpoints, 'cutpoints')
-    if c.shape != (N_GRADES - 1,): raise ValueError(f"cutpoints must be {N_GRADES - 1} numbers; got shape {c.shape}")
-    if not np.isfinite(c).all(): raise ValueError(f"cutpoints must be finite; got {c.tolist()}")
-    if (np.diff(c) < 0).any(): raise ValueError(f"cutpoints must be sorted (non-decreasing); got {c.tolist()}")
-    return c
-
-def check_thresholds(thresholds, n_labels:int=len(MULTILABEL))->np.ndarray:
-    "One finite threshold per label (default 0.5 each); ValueError otherwise."
-    t = np.full(n_labels, 0.5) if thresholds is None else _as_float(thresholds, 'thresholds')
-    if t.shape != (n_labels,): raise ValueError(f"thresholds must be {n_labels} numbers, one per label; got shape {t.shape}")
-    if not np.isfinite(t).all(): raise ValueError(f"thresholds must be finite; got {t.tolist()}")
-    return t
-
-# %% ../nbs/05_metrics.ipynb #87a18415
-def scores_to_grades(scores, # model outputs for `task`
-                     task:str, # one of drbook.core.TASKS
-                     cutpoints=None, # regression only: 4 sorted cut-points (default 0.5, 1.5, 2.5, 3.5)
-                     thresholds=None, # multilabel only: one threshold per label (default 0.5)
-                    )->np.ndarray:
-    "Grades 0–4 (or, for `multilabel`, a 0/1 label matrix) from model outputs, the same way in every chapter."
-    if cutpoints is not None and check_task(task) != 'regression': raise ValueError(f"cutpoints apply to task 'regression', not {task!r}")
-    if thresholds is not None and check_task(task) != 'multilabel': raise ValueError(f"thresholds apply to task 'multilabel', not {task!r}")
-    s = check_scores(scores, task, n_outputs=None if thresholds is None else len(np.ravel(thresholds)))
-    if task in ('multiclass', 'sigmoid'): return s.argmax(1)
-    if task == 'ordinal': return (s > 0.5).sum(1)
-    if task == 'regression': return np.digitize(s, check_cutpoints(cutpoints))
-    return (s >= check_thresholds(thresholds, s.shape[1])).astype(int)
-
-# %% ../nbs/05_metrics.ipynb #053e7060
-def class_scores(scores, # model outputs for a grading task (not multilabel)
-                 task:str, # multiclass, sigmoid, ordinal or regression
-                )->np.ndarray:
-    "An `(n, 5)` score per eye and grade (higher means more like that grade), for one-vs-rest ROC curves and AUCs."
-    s = check_scores(scores, task)
-    if task in ('multiclass', 'sigmoid'): return s
-    if task == 'ordinal':
-        gt = np.minimum.accumulate(np.clip(s, 0, 1), axis=1)  # P(grade > k), made non-increasing in k
-        return -np.diff(np.hstack([np.ones((len(s), 1)), gt, np.zeros((len(s), 1))]), axis=1)
-    if task == 'regression': return -np.abs(s[:, None] - np.arange(N_GRADES))
-    raise ValueError("class_scores is for grading tasks; multilabel outputs are already one score per label")
-
-def referable_score(scores, task:str)->np.ndarray:
-    "One score per eye for referable DR (grade ≥ REFERABLE_FROM): the probability mass on grades 2–4, or the continuous grade."
-    if check_task(task) == 'regression': return check_scores(scores, task)
-    cs = np.clip(class_scores(scores, task), 0, None)
-    return cs[:, REFERABLE_FROM:].sum(1) / np.maximum(cs.sum(1), 1e-12)
 
 # %% ../nbs/05_metrics.ipynb #c8e3841f
 def check_pair(y_true, y_pred)->tuple:
@@ -290,7 +190,7 @@ def check_labels(y, # 0/1 (or boolean) label matrix, one row per eye, one column
                  name:str='y_true', # what to call `y` in error messages
                 )->np.ndarray:
     "`y` as an `(n, n_labels)` 0/1 integer matrix; ValueError naming the first bad entry otherwise."
-    a = _as_float(y, name)
+    a = as_float(y, name)
     if a.ndim != 2 or a.shape[1] != len(labels) or len(a) == 0:
         raise ValueError(f"{name} must be a 0/1 matrix of shape (n, {len(labels)}) for labels {list(labels)}; got {a.shape}")
     for bad, why in ((np.isnan(a), 'is missing (NaN/NA)'), ((a != 0) & (a != 1), 'is not 0 or 1')):
@@ -402,7 +302,7 @@ def _evaluate_labels(y_true, scores, thresholds, labels, n_boot, level, seed)->d
 
 def evaluate(y_true, # true grades (or a 0/1 label matrix for multilabel)
              scores, # the model's outputs for `task`
-             task:str, # one of drbook.core.TASKS
+             task:str, # a key of drbook.tasks.TASKS
              cutpoints=None, # regression: fitted cut-points (default plain rounding)
              thresholds=None, # multilabel: fitted per-label thresholds (default 0.5)
              labels=MULTILABEL, # multilabel: label names
@@ -442,7 +342,7 @@ def _roc_inputs(y_true, scores, task, labels)->list:
 
 def plot_roc(y_true, # grades, or a 0/1 label matrix for multilabel
              scores, # the model's outputs for `task`
-             task:str='multiclass', # one of drbook.core.TASKS
+             task:str='multiclass', # a key of drbook.tasks.TASKS
              labels=MULTILABEL, # multilabel: label names
              title:str|None=None, ax=None, # figure title; an existing matplotlib Axes to draw on
             ):

@@ -10,66 +10,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 import keras
-from .core import MULTILABEL, N_GRADES, TASKS
+from .core import MULTILABEL, N_GRADES
+from .tasks import check_task, rows_error, targets
+from .data import load_table, read_samples
+from .preprocess import preprocess_dataset, split_table
 
 # %% auto #0
-__all__ = ['DECODABLE', 'encode_ordinal', 'decode_ordinal', 'targets', 'image_paths', 'load_image', 'augmentation',
-           'make_dataset']
-
-# %% ../nbs/04_pipeline.ipynb #eba12bfb
-def _bad_rows(table, bad, why):
-    "A ValueError naming (up to 10 of) the rows of `table` where the boolean mask `bad` holds."
-    rows = table.index[np.asarray(bad, bool)]
-    ids = table['image_id'] if 'image_id' in table else table.get('image_path', pd.Series(index=table.index, dtype=str))
-    named = ', '.join(f'{r} ({ids[r]})' if pd.notna(ids.get(r)) else str(r) for r in rows[:10])
-    more = f' and {len(rows) - 10} more' if len(rows) > 10 else ''
-    return ValueError(f"{len(rows)} row(s) {why}: {named}{more}")
-
-def _grades(table)->np.ndarray:
-    "The `grade` column as int64, checked to be known and on the ICDR scale 0–4."
-    if 'grade' not in table: raise ValueError(f"the table has no 'grade' column (columns: {list(table.columns)})")
-    g = pd.to_numeric(table['grade'], errors='coerce')
-    if g.isna().any(): raise _bad_rows(table, g.isna(), "have no ICDR grade")
-    if ((g < 0) | (g >= N_GRADES) | (g % 1 != 0)).any():
-        raise _bad_rows(table, (g < 0) | (g >= N_GRADES) | (g % 1 != 0), f"have a grade outside 0–{N_GRADES - 1}")
-    return g.to_numpy().astype(np.int64)
-
-# %% ../nbs/04_pipeline.ipynb #52dd3045
-def encode_ordinal(grades, # ICDR grades 0–4
-                  )->np.ndarray:
-    "Cumulative (ordinal) targets: column k is 1 when grade > k, so grade 2 is [1, 1, 0, 0]."
-    return (np.asarray(grades)[:, None] > np.arange(N_GRADES - 1)[None, :]).astype(np.float32)
-
-def decode_ordinal(scores, # (n, 4) cumulative probabilities or targets
-                   threshold:float=0.5, # an output above it counts as "grade > k"
-                  )->np.ndarray:
-    "Grades from cumulative outputs: the number of outputs above `threshold`."
-    return (np.asarray(scores) > threshold).sum(axis=1).astype(np.int64)
-
-# %% ../nbs/04_pipeline.ipynb #daedf8fd
-def _multilabel(table)->np.ndarray:
-    "Targets in `MULTILABEL` order from the `has_*` columns; healthy = no lesion. Unknown lesion labels are an error."
-    cols = [f'has_{k}' for k in MULTILABEL[:-1]]
-    missing = [c for c in cols if c not in table]
-    if missing: raise ValueError(f"multilabel targets need the columns {missing}, which the table lacks")
-    known = table[cols].notna().all(axis=1)
-    if not known.all(): raise _bad_rows(table, ~known, f"have unknown lesion labels (NA in {cols})")
-    lesions = table[cols].astype(bool).to_numpy()
-    return np.column_stack([lesions, ~lesions.any(axis=1)]).astype(np.float32)
-
-# %% ../nbs/04_pipeline.ipynb #752788b8
-def targets(table:pd.DataFrame, # a canonical table (needs `grade`, or the `has_*` columns for multilabel)
-            task:str, # one of drbook.core.TASKS
-            one_hot:bool=False, # multiclass only: one-hot rows instead of integer grades
-           )->np.ndarray:
-    "The training targets of `table` for `task` (see the table above), one row per image."
-    if task not in TASKS: raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    if task == 'multilabel': return _multilabel(table)
-    g = _grades(table)
-    if task == 'multiclass' and not one_hot: return g.astype(np.int32)
-    if task in ('multiclass', 'sigmoid'): return np.eye(N_GRADES, dtype=np.float32)[g]
-    if task == 'ordinal': return encode_ordinal(g)
-    return g.astype(np.float32)  # regression
+__all__ = ['DECODABLE', 'image_paths', 'load_image', 'augmentation', 'make_dataset', 'load_graded', 'prepare_splits',
+           'make_datasets']
 
 # %% ../nbs/04_pipeline.ipynb #332488ac
 DECODABLE = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')  # what tf.io.decode_image reads
@@ -80,7 +28,7 @@ def image_paths(table:pd.DataFrame, # a canonical table
     "The image file of every row of `table`, checked to exist and to be decodable by TensorFlow."
     col = path_column or ('preprocessed_path' if 'preprocessed_path' in table else 'image_path')
     if col not in table: raise ValueError(f"the table has no {col!r} column (columns: {list(table.columns)})")
-    if table[col].isna().any(): raise _bad_rows(table, table[col].isna(), f"have no file in {col!r}")
+    if table[col].isna().any(): raise rows_error(table, table[col].isna(), f"have no file in {col!r}")
     paths = [str(p) for p in table[col]]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing: raise FileNotFoundError(f"{len(missing)} image file(s) of column {col!r} not found: {missing[:5]}")
@@ -155,7 +103,7 @@ def _augmented(ds, augment, seed):
 
 # %% ../nbs/04_pipeline.ipynb #03f84354
 def make_dataset(table:pd.DataFrame, # a canonical table
-                 task:str, # one of drbook.core.TASKS: chooses the targets
+                 task:str, # a key of drbook.tasks.TASKS: chooses the targets
                  image_size:int, # side of the square images, in pixels
                  batch_size:int=32, # images per batch (the global batch under a distribution strategy)
                  augment=None, # training only: a preset name ('s3', 's4', 'flips') or a Keras layer; None: no augmentation
@@ -166,6 +114,7 @@ def make_dataset(table:pd.DataFrame, # a canonical table
                  one_hot:bool=False, # multiclass only: one-hot targets instead of integer grades
                 )->tf.data.Dataset:
     "A `tf.data.Dataset` of `(image, target)` batches: float32 RGB images in [0, 255], targets for `task`."
+    check_task(task)
     if len(table) == 0: raise ValueError("the table is empty: no images to make a dataset of")
     paths, y = image_paths(table, path_column), targets(table, task, one_hot=one_hot)  # fail here, not mid-epoch
     ds = _decoded(paths, y, image_size, shuffle, seed)
@@ -173,3 +122,43 @@ def make_dataset(table:pd.DataFrame, # a canonical table
     if shuffle: ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)  # buffer ≤ 4096 images
     ds = _augmented(ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE), augment, seed)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+# %% ../nbs/04_pipeline.ipynb #8be0ce0f
+def load_graded(table_csv:str='', # a canonical table CSV (drbook.data.save_table); '': the synthetic samples
+                max_images:int=0, # at most this many images, the same share of each grade; 0: all
+                seed:int=42, # seed of the subsample
+               )->pd.DataFrame:
+    "The graded rows of the table in `table_csv` (or of the synthetic samples), optionally subsampled per grade."
+    table = load_table(table_csv) if table_csv else read_samples()
+    table = table[table['grade'].notna()]
+    if len(table) == 0: raise ValueError(f"{table_csv or 'the synthetic samples'}: no row has an ICDR grade")
+    if max_images and len(table) > max_images:  # the same share of each grade
+        table = table.groupby('grade').sample(frac=max_images / len(table), random_state=seed).sort_index()
+    return table.reset_index(drop=True)
+
+# %% ../nbs/04_pipeline.ipynb #45caaa1a
+def prepare_splits(table:pd.DataFrame, # graded rows, e.g. from `load_graded`
+                   recipe:str='', # a preprocessing recipe of drbook.preprocess ('graham', 's3', …); '': none
+                   image_size:int=224, # side of the preprocessed images
+                   fractions:tuple=(0.7, 0.15, 0.15), # shares of the train, val and test splits
+                   seed:int=42, # seed of the split
+                  )->tuple:
+    "`({'train', 'val', 'test'}: tables, failures)`: preprocessed (cached) and split by patient, stratified by grade."
+    failures = pd.DataFrame(columns=['image_path', 'reason'])
+    if recipe:
+        table, failures = preprocess_dataset(table, recipe, size=image_size)
+        table = table[table['preprocessed_path'].notna()].reset_index(drop=True)  # failures are reported, not dropped silently
+    return dict(zip(('train', 'val', 'test'), split_table(table, fractions, seed=seed))), failures
+
+# %% ../nbs/04_pipeline.ipynb #93883aa1
+def make_datasets(splits:dict, # {'train', 'val', 'test'}: tables, from `prepare_splits`
+                  task:str, # a key of drbook.tasks.TASKS
+                  image_size:int, # side of the images the model takes
+                  batch_size:int=32, # images per batch
+                  augment=None, # training augmentation: a preset name or a Keras layer; None: none
+                  seed:int=42, # seed of the shuffle and the augmentation
+                 )->dict:
+    "A dataset per split: the training one shuffled and augmented, the others in table order; cached in memory when small."
+    in_memory = sum(map(len, splits.values())) * image_size**2 * 3 * 4 < 2 * 2**30  # decoded float32 images under 2 GiB
+    return {k: make_dataset(t, task, image_size, batch_size, augment=augment if k == 'train' else None,
+                            shuffle=k == 'train', cache=in_memory, seed=seed) for k, t in splits.items()}

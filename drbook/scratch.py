@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import keras
 from .core import get_strategy
-from .train import output_head
+from .tasks import output_layer
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'ScratchConfig', 'feature_map_sizes', 'min_image_size', 'build_scratch_cnn']
@@ -65,7 +65,7 @@ def min_image_size(config:ScratchConfig|str)->int:
 # %% ../nbs/07_scratch_cnn.ipynb #a052f61f
 def build_scratch_cnn(config:ScratchConfig|str='exp1', # a configuration or its name in EXPERIMENTS
                       image_size:int=224, # input side in pixels (S3: 224)
-                      task:str='multiclass', # output head, one of drbook.core.TASKS (S3: multiclass)
+                      task:str='multiclass', # output layer, a key of drbook.tasks.TASKS (S3: multiclass)
                       augmentation=None, # optional Keras layer applied to the images first (S3's augmentation block)
                      )->keras.Model:
     "S3's from-scratch CNN: Rescaling, four Conv2D + MaxPooling stages, Flatten, Dense with optional Dropout, output head."
@@ -83,4 +83,4 @@ def build_scratch_cnn(config:ScratchConfig|str='exp1', # a configuration or its 
         if c.dropout: x = keras.layers.Dropout(c.dropout, name='dropout1')(x)
         x = keras.layers.Dense(c.dense, activation='relu', name='dense')(x)
         if c.dropout: x = keras.layers.Dropout(c.dropout, name='dropout2')(x)
-        return keras.Model(inputs, output_head(x, task), name=c.name)
+        return keras.Model(inputs, output_layer(x, task), name=c.name)

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import keras
 import tensorflow as tf
-from .core import MULTILABEL, N_GRADES, TASKS, atomic_write, get_strategy
+from .core import N_GRADES, atomic_write, get_strategy
+from .tasks import get_task, keras_metrics, keras_objects, loss_for, output_layer, target_grades
 
 # %% auto #0
-__all__ = ['use_mixed_precision', 'output_head', 'WeightedBinaryCrossentropy', 'ordinal_accuracy', 'rounded_accuracy',
-           'compile_for', 'save_model', 'load_model', 'fit', 'predict']
+__all__ = ['use_mixed_precision', 'check_model_task', 'compile_for', 'save_model', 'load_model', 'BestCheckpoint',
+           'ResumeCheckpoint', 'fit', 'predict']
 
 # %% ../nbs/06_training.ipynb #ebf4c6f4
 def use_mixed_precision(enable:bool|None=None # True/False forces it; None: only when a GPU is visible
@@ -22,59 +23,6 @@ def use_mixed_precision(enable:bool|None=None # True/False forces it; None: only
     if enable is None: enable = bool(tf.config.list_physical_devices('GPU'))
     keras.mixed_precision.set_global_policy('mixed_float16' if enable else 'float32')
     return enable
-
-# %% ../nbs/06_training.ipynb #df221cc4
-def _check_task(task):
-    if task not in TASKS: raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return task
-
-def output_head(x, # the last hidden tensor (e.g. after Flatten or global pooling)
-                task:str='multiclass', # one of drbook.core.TASKS
-                name:str='predictions', # name of the output layer
-               ):
-    "The output layer matching `task`, applied to `x` (float32 even under mixed precision)."
-    units, activation = {'multiclass': (N_GRADES, 'softmax'), 'sigmoid': (N_GRADES, 'sigmoid'),
-                         'ordinal': (N_GRADES - 1, 'sigmoid'), 'regression': (1, None),
-                         'multilabel': (len(MULTILABEL), 'sigmoid')}[_check_task(task)]
-    return keras.layers.Dense(units, activation=activation, dtype='float32', name=name)(x)
-
-# %% ../nbs/06_training.ipynb #8d0595a4
-@keras.saving.register_keras_serializable(package='drbook')
-class WeightedBinaryCrossentropy(keras.losses.Loss):
-    "Binary cross entropy averaged over labels, the positive term of label j weighted by `pos_weight[j]`."
-    def __init__(self, pos_weight, # one weight per label (1 = plain binary cross entropy)
-                 name='weighted_binary_crossentropy', **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.pos_weight = [float(w) for w in pos_weight]
-    def call(self, y_true, y_pred):
-        y_true = keras.ops.cast(y_true, y_pred.dtype)
-        p = keras.ops.clip(y_pred, keras.config.epsilon(), 1 - keras.config.epsilon())
-        w = keras.ops.convert_to_tensor(self.pos_weight, dtype=y_pred.dtype)
-        return -keras.ops.mean(w * y_true * keras.ops.log(p) + (1 - y_true) * keras.ops.log(1 - p), axis=-1)
-    def get_config(self): return {**super().get_config(), 'pos_weight': self.pos_weight}
-
-# %% ../nbs/06_training.ipynb #cf7f9702
-@keras.saving.register_keras_serializable(package='drbook')
-def ordinal_accuracy(y_true, y_pred):
-    "1 where the grade read from cumulative outputs (count of P(grade > k) above 0.5) is right."
-    count = lambda y: keras.ops.sum(keras.ops.cast(y > 0.5, 'int32'), axis=-1)
-    return keras.ops.cast(count(y_true) == count(y_pred), 'float32')
-
-@keras.saving.register_keras_serializable(package='drbook')
-def rounded_accuracy(y_true, y_pred):
-    "1 where the continuous grade output, rounded and clipped to 0–4, equals the true grade."
-    grade = lambda y: keras.ops.clip(keras.ops.round(keras.ops.reshape(keras.ops.cast(y, 'float32'), (-1,))), 0, N_GRADES - 1)
-    return keras.ops.cast(grade(y_true) == grade(y_pred), 'float32')
-
-# %% ../nbs/06_training.ipynb #5a93e1d1
-def _metrics(task):
-    "The metrics logged for `task`."
-    M = keras.metrics
-    return {'multiclass': lambda: [M.SparseCategoricalAccuracy(name='accuracy')],
-            'sigmoid': lambda: [M.CategoricalAccuracy(name='accuracy'), M.AUC(multi_label=True, name='auc')],
-            'ordinal': lambda: [M.MeanMetricWrapper(ordinal_accuracy, name='accuracy')],
-            'regression': lambda: [M.MeanMetricWrapper(rounded_accuracy, name='accuracy'), M.MeanAbsoluteError(name='mae')],
-            'multilabel': lambda: [M.BinaryAccuracy(name='accuracy'), M.AUC(multi_label=True, name='auc')]}[task]()
 
 # %% ../nbs/06_training.ipynb #fa738b1a
 def _optimizer(optimizer, learning_rate, momentum):
@@ -85,35 +33,20 @@ def _optimizer(optimizer, learning_rate, momentum):
     if name == 'sgd': return keras.optimizers.SGD(learning_rate, momentum=momentum)
     raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam', 'sgd' or a keras.optimizers.Optimizer")
 
-def _pos_weights(pos_weight, task, units):
-    "`pos_weight` as a list of `units` floats; a dict is keyed by label (multilabel: MULTILABEL) or output index."
-    if pos_weight is None: return None
-    if hasattr(pos_weight, 'keys'):
-        keys = list(MULTILABEL) if task == 'multilabel' else list(range(units))
-        missing = [k for k in keys if k not in pos_weight]
-        if missing: raise ValueError(f"pos_weight has no weight for {missing}")
-        pos_weight = [pos_weight[k] for k in keys]
-    if len(pos_weight) != units: raise ValueError(f"pos_weight has {len(pos_weight)} weights but the model has {units} outputs")
-    return [float(w) for w in pos_weight]
-
-def _loss(task, loss, pos_weight):
-    "The loss for `task`: `loss` when given (a name for regression, or any Keras loss), else the task's default."
-    if pos_weight is not None and task not in ('sigmoid', 'ordinal', 'multilabel'):
-        raise ValueError(f"pos_weight applies to sigmoid outputs, not to task {task!r} (use class_weight in fit)")
-    if loss is not None and not isinstance(loss, str): return loss
-    if task == 'regression':
-        named = {None: 'mean_squared_error', 'mse': 'mean_squared_error', 'huber': 'huber', 'smooth_l1': 'huber'}
-        if loss not in named: raise ValueError(f"regression loss {loss!r} unknown; use 'mse', 'huber' or 'smooth_l1'")
-        return keras.losses.Huber(delta=1.0) if named[loss] == 'huber' else keras.losses.MeanSquaredError()
-    if loss is not None: raise ValueError(f"named losses are for regression only; pass a keras loss for task {task!r}")
-    if task == 'multiclass': return keras.losses.SparseCategoricalCrossentropy()
-    if task == 'multilabel' or pos_weight is not None:
-        return WeightedBinaryCrossentropy(np.ones(len(MULTILABEL)) if pos_weight is None else pos_weight)
-    return keras.losses.BinaryCrossentropy()
+def check_model_task(model:keras.Model, # a Keras model
+                     task:str, # a key of drbook.tasks.TASKS
+                    ):
+    "ValueError unless `model`'s output has the width of `task` (and, for drbook models, its activation)."
+    t, last = get_task(task), model.layers[-1]
+    if model.output.shape[-1] != t.units:
+        raise ValueError(f"model {model.name!r} has {model.output.shape[-1]} outputs but task {t.name!r} needs {t.units}")
+    act = last.get_config().get('activation') if isinstance(last, keras.layers.Activation) else None
+    if act is not None and act != t.activation:
+        raise ValueError(f"model {model.name!r} ends in {act!r} but task {t.name!r} needs {t.activation!r}")
 
 # %% ../nbs/06_training.ipynb #c17a085f
-def compile_for(model:keras.Model, # a model ending in `output_head(x, task)`
-                task:str='multiclass', # one of drbook.core.TASKS
+def compile_for(model:keras.Model, # a model ending in `drbook.tasks.output_layer(x, task)`
+                task:str, # a key of drbook.tasks.TASKS
                 optimizer='adam', # 'adam', 'sgd' (with `momentum`) or a keras optimiser instance
                 learning_rate:float=1e-3, # learning rate of a named optimiser
                 momentum:float=0.9, # momentum of 'sgd'
@@ -121,10 +54,10 @@ def compile_for(model:keras.Model, # a model ending in `output_head(x, task)`
                 loss=None, # regression: 'mse' (default), 'huber'/'smooth_l1'; or any keras loss instance
                )->keras.Model:
     "Compile `model` with the loss, optimiser and metrics for `task`, under drbook's distribution strategy."
-    pos_weight = _pos_weights(pos_weight, _check_task(task), model.output.shape[-1])
+    check_model_task(model, task)
     with get_strategy().scope():
-        model.compile(optimizer=_optimizer(optimizer, learning_rate, momentum), loss=_loss(task, loss, pos_weight),
-                      metrics=_metrics(task))
+        model.compile(optimizer=_optimizer(optimizer, learning_rate, momentum), loss=loss_for(task, pos_weight, loss),
+                      metrics=keras_metrics(task))
     return model
 
 # %% ../nbs/06_training.ipynb #7d301193
@@ -142,14 +75,19 @@ def load_model(path:Path|str, # a `.keras` file written by `save_model` or `fit`
     "Load a `.keras` model with `safe_mode=True`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no model at {path}")
+    keras_objects()  # drbook's losses and metrics registered, so that a compiled model reloads
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 # %% ../nbs/06_training.ipynb #0a537550
-class _AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
-    "ModelCheckpoint that writes the `.keras` file atomically (a killed run never leaves half a model)."
-    def _save_model(self, epoch, batch, logs):  # Keras's own hook; were it renamed, Keras would save non-atomically
-        path = self._get_file_path(epoch, batch, logs)
-        if self._should_save_model(epoch, batch, logs, path): save_model(self.model, path)
+class BestCheckpoint(keras.callbacks.Callback):
+    "Save the model atomically to `path` whenever the logged `monitor` improves on the best so far."
+    def __init__(self, path, monitor='val_loss', mode='min', best=None):
+        super().__init__(); self.path, self.monitor, self.mode, self.best = Path(path), monitor, mode, best
+    def on_epoch_end(self, epoch, logs=None):
+        v = (logs or {}).get(self.monitor)
+        if v is None or math.isnan(v): return
+        if self.best is None or (v < self.best if self.mode == 'min' else v > self.best):
+            self.best = float(v); save_model(self.model, self.path)
 
 class _ResumedEarlyStopping(keras.callbacks.EarlyStopping):
     "EarlyStopping that starts from the monitored values of epochs already run (`past`)."
@@ -160,6 +98,31 @@ class _ResumedEarlyStopping(keras.callbacks.EarlyStopping):
         if np.isnan(past).all(): return
         i = int(np.nanargmin(past) if self.mode == 'min' else np.nanargmax(past))
         self.best, self.best_epoch, self.wait = float(past[i]), i, len(past) - 1 - i
+
+# %% ../nbs/06_training.ipynb #1b185fe1
+class ResumeCheckpoint(keras.callbacks.Callback):
+    "After every epoch, save the whole model to `folder/epoch_NNNN.keras` atomically; remove the folder when training ends."
+    def __init__(self, folder): super().__init__(); self.folder = Path(folder)
+    def on_epoch_end(self, epoch, logs=None):
+        old = list(self.folder.glob('epoch_*.keras'))
+        save_model(self.model, self.folder/f'epoch_{epoch + 1:04d}.keras')
+        for p in old: p.unlink(missing_ok=True)
+    def on_train_end(self, logs=None):
+        for p in self.folder.glob('*'): p.unlink(missing_ok=True)
+        if self.folder.is_dir(): self.folder.rmdir()
+
+def _resume(model, folder:Path)->int:
+    "Copy the last saved epoch's weights (and optimiser state, when the optimisers match) into `model`; return the epochs done."
+    saved = sorted(folder.glob('epoch_*.keras'))
+    if not saved: return 0
+    last = load_model(saved[-1])
+    model.set_weights(last.get_weights())
+    opt, old = model.optimizer, last.optimizer
+    if type(opt) is type(old) and old is not None:
+        opt.build(model.trainable_variables)
+        if [v.shape for v in opt.variables] == [v.shape for v in old.variables]:
+            for v, w in zip(opt.variables, old.variables): v.assign(w)
+    return int(saved[-1].stem.split('_')[1])
 
 # %% ../nbs/06_training.ipynb #bf8ffc63
 def _read_history(path):
@@ -173,58 +136,47 @@ def _read_history(path):
 def _mode(monitor): return 'min' if 'loss' in monitor or 'error' in monitor or monitor.endswith('mae') else 'max'
 
 # %% ../nbs/06_training.ipynb #67a0bfcf
-def _grades(y, task):
-    "Integer grades (a tf tensor) from a batch of `task` targets; the task is inferred from the shape when None."
-    width = 1 if y.shape.rank == 1 else y.shape[-1]
-    task = task or {1: 'regression', N_GRADES: 'sigmoid', N_GRADES - 1: 'ordinal'}.get(width)
-    if task == 'multilabel' or task is None:
-        raise ValueError("class_weight needs grade targets; for lesion labels use compile_for(pos_weight=...)")
-    if task == 'sigmoid': return tf.argmax(y, axis=-1, output_type=tf.int32)
-    if task == 'ordinal': return tf.cast(tf.round(tf.reduce_sum(tf.cast(y, tf.float32), -1)), tf.int32)
-    y = tf.round(tf.reshape(tf.cast(y, tf.float32), [-1]))
-    return tf.cast(tf.clip_by_value(y, 0, N_GRADES - 1), tf.int32)
-
-def _with_class_weight(ds, class_weight, task=None):
-    "`ds` with a third element per batch: the class weight of each image's grade."
+def _with_class_weight(ds, class_weight, task):
+    "`ds` with a third element per batch: the class weight of each image's grade, read from `task`'s targets."
+    if not get_task(task).graded: target_grades(np.zeros((1, 1)), task)  # the clear error, here rather than inside tf.data
     cw = class_weight if hasattr(class_weight, 'get') else dict(enumerate(class_weight))
     w = tf.constant([float(cw.get(g, 1.0)) for g in range(N_GRADES)], tf.float32)
-    return ds.map(lambda x, y: (x, y, tf.gather(w, _grades(y, task))), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda x, y: (x, y, tf.gather(w, target_grades(y, task))), num_parallel_calls=tf.data.AUTOTUNE)
 
 # %% ../nbs/06_training.ipynb #807522d6
 def _callbacks(out_dir, past, patience, monitor, reduce_lr, verbose):
     "drbook's training callbacks for a run in `out_dir`, resuming from the `past` per-epoch logs."
     mode, seen = _mode(monitor), [v for v in past.get(monitor, []) if not math.isnan(v)]
     best = (min(seen) if mode == 'min' else max(seen)) if seen else None
-    cbs = [_AtomicCheckpoint(str(out_dir/'model.keras'), monitor=monitor, mode=mode, save_best_only=True,
-                             initial_value_threshold=best),
+    cbs = [BestCheckpoint(out_dir/'model.keras', monitor=monitor, mode=mode, best=best),
            _ResumedEarlyStopping(past=past.get(monitor, []), monitor=monitor, mode=mode, patience=patience,
                                  restore_best_weights=True, verbose=int(verbose != 0))]
     if reduce_lr: cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5,
                                                               patience=max(1, patience // 3), verbose=int(verbose != 0)))
-    return cbs + [keras.callbacks.CSVLogger(str(out_dir/'history.csv'), append=bool(past)),
-                  keras.callbacks.BackupAndRestore(str(out_dir/'backup'), double_checkpoint=True)]
+    return cbs + [keras.callbacks.CSVLogger(str(out_dir/'history.csv'), append=bool(past)), ResumeCheckpoint(out_dir/'resume')]
 
 # %% ../nbs/06_training.ipynb #e8139bf7
 def fit(model:keras.Model, # a model compiled with `compile_for`
         train_ds, # tf.data set of (image, target) batches
         val_ds, # validation batches: choose the best epoch and stop early
-        out_dir:Path|str, # run folder: model.keras, history.csv/json, backup/ (reuse it to resume)
+        out_dir:Path|str, # run folder: model.keras, history.csv/json, resume/ (reuse it to resume)
         epochs:int, # total number of epochs, counting those of an interrupted run
-        class_weight=None, # {grade: weight} or a list of 5 weights (S1's class-weighted loss)
+        task:str, # the task the model was compiled for (a key of drbook.tasks.TASKS)
+        class_weight=None, # {grade: weight} or a list of 5 weights (S1's class-weighted loss); grading tasks only
         patience:int=10, # epochs without improvement before stopping (S3: 10 and 15)
         monitor:str='val_loss', # logged value that chooses the best epoch
         reduce_lr:bool=False, # halve the learning rate when `monitor` stalls for patience//3 epochs
         verbose='auto', # Keras progress output ('auto', 0, 1, 2)
         callbacks:list|None=None, # extra Keras callbacks
-        task:str|None=None, # how to read grades from targets for class_weight (default: from their shape)
        )->dict:
     "Train `model`, keeping the best model and the history in `out_dir`; resume an interrupted run; return the history."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    check_model_task(model, task)
     if val_ds is None and monitor.startswith('val_'): raise ValueError(f"monitor={monitor!r} needs validation data")
-    past = _read_history(out_dir/'history.csv') if (out_dir/'backup'/'training_metadata.json').exists() else {}
     if class_weight is not None: train_ds = _with_class_weight(train_ds, class_weight, task)
-    model._initial_epoch = None  # Keras keeps a restored epoch on the model object; start from the backup alone
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles
+    done = _resume(model, out_dir/'resume')
+    past = {k: v[:done] for k, v in _read_history(out_dir/'history.csv').items()} if done else {}
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=done, verbose=verbose, shuffle=False,
               callbacks=_callbacks(out_dir, past, patience, monitor, reduce_lr, verbose) + list(callbacks or []))
     best = out_dir/'model.keras'
     if best.exists(): model.load_weights(best)  # the best epoch, also when it came before an interruption

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import keras
+from .tasks import output_layer
 
 # %% auto #0
 __all__ = ['BACKBONES', 'HEADS', 'Backbone', 'get_backbone', 'PreprocessInput', 'resolve_weights', 'weights_used',
@@ -101,14 +102,13 @@ def keras_weights_path(backbone:str, # a key of BACKBONES
 
 # %% ../nbs/08_transfer_learning.ipynb #1a8804e6
 def dense_head(x, # the backbone's feature maps
-               task:str='multiclass', # a key of drbook.core.TASKS
+               task:str='multiclass', # a key of drbook.tasks.TASKS
                pooling:str='gap', # 'gap' (global average pooling) or 'flatten'
                units:tuple=(), # hidden dense layers (ReLU), e.g. (256,) or (32, 16)
                dropout:float=0.5, # dropout after each hidden layer (after the pooling when there is none)
                l1:float=0., l2:float=0., # L1 and L2 penalties on the hidden layers' kernels
               ):
     "Pooling, optional hidden dense layers with dropout, then the task's output layer."
-    from drbook.train import output_head
     if pooling not in ('gap', 'flatten'): raise ValueError(f"pooling must be 'gap' or 'flatten', not {pooling!r}")
     x = (keras.layers.GlobalAveragePooling2D if pooling == 'gap' else keras.layers.Flatten)(name=f'head_{pooling}')(x)
     reg = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
@@ -116,20 +116,19 @@ def dense_head(x, # the backbone's feature maps
         x = keras.layers.Dense(n, activation='relu', kernel_regularizer=reg, name=f'head_dense_{i}')(x)
         if dropout: x = keras.layers.Dropout(dropout, name=f'head_dropout_{i}')(x)
     if dropout and not units: x = keras.layers.Dropout(dropout, name='head_dropout')(x)
-    return output_head(x, task)
+    return output_layer(x, task)
 
 # %% ../nbs/08_transfer_learning.ipynb #6b6a4690
 def conv_head(x, # the backbone's feature maps
-              task:str='multiclass', # a key of drbook.core.TASKS
+              task:str='multiclass', # a key of drbook.tasks.TASKS
               filters:tuple=(256, 128, 64), # the three convolutions: 3×3, 3×3, 1×1 (ReLU)
              ):
     "S4's fully convolutional head: three convolutions on the feature maps, global average pooling, the task's output."
-    from drbook.train import output_head
     for i, (f, k) in enumerate(zip(filters, (3, 3, 1))):
         x = keras.layers.Conv2D(f, k, padding='same', activation='relu', name=f'head_conv_{i}')(x)
     # the output layer on pooled maps is the same linear map as a 1×1 convolution followed by pooling
     x = keras.layers.GlobalAveragePooling2D(name='head_gap')(x)
-    return output_head(x, task)
+    return output_layer(x, task)
 
 # %% ../nbs/08_transfer_learning.ipynb #553863d3
 _S2 = dict(pooling='gap', dropout=0.5, l1=1e-4, l2=1e-4)
@@ -146,7 +145,7 @@ HEADS = {
 }
 
 def add_head(x, # the backbone's feature maps
-             task:str='multiclass', # a key of drbook.core.TASKS
+             task:str='multiclass', # a key of drbook.tasks.TASKS
              head:str='s1', # a key of HEADS
              **overrides, # arguments replacing the preset's, e.g. dropout=0.2
             ):
@@ -157,7 +156,7 @@ def add_head(x, # the backbone's feature maps
 
 # %% ../nbs/08_transfer_learning.ipynb #46a1753b
 def build_model(backbone:str='MobileNetV2', # a key of BACKBONES
-                task:str='multiclass', # a key of drbook.core.TASKS
+                task:str='multiclass', # a key of drbook.tasks.TASKS
                 image_size:int|None=None, # input size in pixels; None = the backbone's default
                 head:str='s1', # a key of HEADS
                 weights:str|Path|None=None, # 'imagenet', a local weights file, or None (random)

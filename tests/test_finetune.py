@@ -134,7 +134,7 @@ def test_two_stage_fine_tune_resumes_after_interruption_in_stage_2(tmp_path):
     with pytest.raises(_Stop):
         fine_tune(model, stages, train, val, tmp_path, verbose=0, callbacks=[_Interrupt(after=3)])
     assert (tmp_path/'1_head'/'history.json').exists() and not (tmp_path/'2_finetune_block_15_lr0.0001'/'history.json').exists()
-    assert (tmp_path/'2_finetune_block_15_lr0.0001'/'backup').exists()
+    assert (tmp_path/'2_finetune_block_15_lr0.0001'/'resume').exists()
     # second run, in a fresh model as after a restart: stage 1 is not repeated, stage 2 continues at its epoch 2
     model2 = _model()
     calibrate_batchnorm(model2, x[:16])

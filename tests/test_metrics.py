@@ -8,7 +8,8 @@ import matplotlib
 matplotlib.use('Agg')
 from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra import numpy as hnp
-from drbook.core import MULTILABEL, REFERABLE_FROM, TASKS
+from drbook.core import MULTILABEL, REFERABLE_FROM
+from drbook.tasks import TASKS
 from drbook import metrics as M
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

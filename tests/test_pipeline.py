@@ -1,4 +1,4 @@
-"""Tests of drbook.pipeline: targets per task, the tf.data dataset (shapes, values, alignment, caching, augmentation
+"""Tests of drbook.pipeline: the tf.data dataset (shapes, values, alignment, caching, augmentation
 on training data only), clear errors on bad tables, and training a model from it."""
 import os, subprocess, sys, textwrap
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import keras
 import tensorflow as tf
-from drbook.core import MULTILABEL, TASKS
-from drbook.pipeline import (augmentation, decode_ordinal, encode_ordinal, image_paths, load_image, make_dataset,
-                             targets)
+from drbook.core import MULTILABEL
+from drbook.tasks import targets
+from drbook.pipeline import augmentation, image_paths, load_image, make_dataset
 
 SIZE = 32  # side of the generated images (and of the dataset, so resizing is the identity)
 
@@ -44,40 +44,6 @@ def batches(ds):
     "All images and targets of a dataset, concatenated."
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
     return np.concatenate(xs), np.concatenate(ys)
-
-# --- targets ---------------------------------------------------------------------------------------------------
-
-def test_targets_each_task():
-    df = pd.DataFrame({'image_id': list('abcde'), 'grade': pd.array([0, 1, 2, 3, 4], dtype='Int64'),
-                       'has_MA': [False, True, True, False, True], 'has_HE': [False, False, True, False, True],
-                       'has_EX': [False, False, False, True, True], 'has_SE': [False, False, False, False, True]})
-    np.testing.assert_array_equal(targets(df, 'multiclass'), [0, 1, 2, 3, 4])
-    assert targets(df, 'multiclass').dtype == np.int32
-    eye = np.eye(5, dtype=np.float32)
-    np.testing.assert_array_equal(targets(df, 'multiclass', one_hot=True), eye)
-    np.testing.assert_array_equal(targets(df, 'sigmoid'), eye)
-    np.testing.assert_array_equal(targets(df, 'ordinal'), np.tril(np.ones((5, 4)), -1))  # row g: g leading ones
-    np.testing.assert_array_equal(targets(df, 'regression'), [0., 1., 2., 3., 4.])
-    np.testing.assert_array_equal(targets(df, 'multilabel'), [[0, 0, 0, 0, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0],
-                                                              [0, 0, 1, 0, 0], [1, 1, 1, 1, 0]])
-    for task in TASKS: assert len(targets(df, task)) == 5
-
-def test_ordinal_round_trip():
-    grades = np.random.default_rng(1).integers(0, 5, 50)
-    enc = encode_ordinal(grades)
-    assert enc.shape == (50, 4) and enc.dtype == np.float32
-    np.testing.assert_array_equal(decode_ordinal(enc), grades)
-    np.testing.assert_array_equal(enc.sum(axis=1), grades)
-
-def test_targets_bad_rows_are_named():
-    df = pd.DataFrame({'image_id': ['x1', 'x2', 'x3'], 'grade': pd.array([0, None, 7], dtype='Int64'),
-                       'has_MA': pd.array([True, None, False], dtype='boolean'), 'has_HE': [False] * 3,
-                       'has_EX': [False] * 3, 'has_SE': [False] * 3})
-    with pytest.raises(ValueError, match=r'no ICDR grade: 1 \(x2\)'): targets(df, 'multiclass')
-    with pytest.raises(ValueError, match=r'outside 0–4: 2 \(x3\)'): targets(df.drop(index=1), 'regression')
-    with pytest.raises(ValueError, match=r'unknown lesion labels.*1 \(x2\)'): targets(df, 'multilabel')
-    with pytest.raises(ValueError, match=r"has_SE"): targets(df.drop(columns='has_SE'), 'multilabel')
-    with pytest.raises(ValueError, match='unknown task'): targets(df, 'softmax')
 
 # --- the dataset -----------------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import keras
 from drbook import train
-from drbook.core import TASKS
+from drbook.tasks import TASKS
 from drbook.scratch import EXPERIMENTS, ScratchConfig, build_scratch_cnn, feature_map_sizes, min_image_size
 
 # Read off S3's model summaries (Figures 4.1, 4.3, 4.5, 4.7, 4.9): total parameters at 224 × 224, the side of the

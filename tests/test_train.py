@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import keras
 import tensorflow as tf
-from drbook.core import MULTILABEL, TASKS, seed_everything
+from drbook.core import MULTILABEL, seed_everything
+from drbook.tasks import TASKS, output_layer
 from drbook import train
 
 SIZE = 12
+TASK = 'multiclass'  # the task of the toy runs unless a test says otherwise
 
 def encode(grades, task):
     "Targets for `task` in the encodings drbook's pipeline uses (toy lesion j present when grade > j)."
@@ -32,7 +34,7 @@ def tiny(task='multiclass'):
     x = keras.layers.Rescaling(1/255)(inputs)
     x = keras.layers.Conv2D(8, 3, activation='elu')(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, train.output_head(x, task))
+    return keras.Model(inputs, output_layer(x, task))
 
 class Interrupt(keras.callbacks.Callback):
     "Raise at the start of epoch `at` (0-based), or in its second batch when `mid_epoch`."
@@ -57,35 +59,13 @@ def _float32():
     keras.mixed_precision.set_global_policy('float32')
 
 
-@pytest.mark.parametrize('task,units,activation', [('multiclass', 5, 'softmax'), ('sigmoid', 5, 'sigmoid'),
-    ('ordinal', 4, 'sigmoid'), ('regression', 1, 'linear'), ('multilabel', len(MULTILABEL), 'sigmoid')])
-def test_output_head_per_task(task, units, activation):
-    layer = tiny(task).get_layer('predictions')
-    assert layer.units == units and layer.get_config()['activation'] == activation
-
-
-def test_output_head_stays_float32_under_mixed_precision():
+def test_output_layer_stays_float32_under_mixed_precision():
     assert train.use_mixed_precision(True) is True
     m = tiny('multiclass')
     assert m.get_layer('predictions').compute_dtype == 'float32' and m.layers[2].compute_dtype == 'float16'
     assert m(np.zeros((1, SIZE, SIZE, 3), 'float32')).dtype == 'float32'
     assert train.use_mixed_precision(False) is False
     assert keras.mixed_precision.global_policy().name == 'float32'
-
-
-def test_unknown_task_is_refused():
-    with pytest.raises(ValueError, match="unknown task 'grading'"): train.output_head(keras.Input((3,)), 'grading')
-
-
-def test_weighted_bce_against_numpy():
-    rng = np.random.default_rng(1)
-    y = (rng.random((50, 5)) < 0.3).astype('float32')
-    p = rng.uniform(0.01, 0.99, (50, 5)).astype('float32')
-    w = rng.uniform(0.5, 4, 5)
-    expected = -np.mean(np.mean(w * y * np.log(p) + (1 - y) * np.log(1 - p), axis=1))
-    assert float(train.WeightedBinaryCrossentropy(w)(y, p)) == pytest.approx(expected, rel=1e-5)
-    assert float(train.WeightedBinaryCrossentropy(np.ones(5))(y, p)) == \
-        pytest.approx(float(keras.losses.BinaryCrossentropy()(y, p)), rel=1e-5)
 
 
 def test_pos_weight_as_list_or_dict():
@@ -107,13 +87,13 @@ def test_compile_for_chooses_the_loss(task, loss, expected):
 
 
 def test_compile_for_optimisers_and_errors():
-    assert isinstance(train.compile_for(tiny(), optimizer='adam', learning_rate=1e-4).optimizer, keras.optimizers.Adam)
-    sgd = train.compile_for(tiny(), optimizer='sgd', learning_rate=0.01, momentum=0.8).optimizer
+    assert isinstance(train.compile_for(tiny(), 'multiclass', optimizer='adam', learning_rate=1e-4).optimizer, keras.optimizers.Adam)
+    sgd = train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.01, momentum=0.8).optimizer
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.8
     assert float(sgd.learning_rate) == pytest.approx(0.01)
     own = keras.optimizers.RMSprop(0.002)
-    assert train.compile_for(tiny(), optimizer=own).optimizer is own
-    with pytest.raises(ValueError, match='unknown optimizer'): train.compile_for(tiny(), optimizer='adagrad-ish')
+    assert train.compile_for(tiny(), 'multiclass', optimizer=own).optimizer is own
+    with pytest.raises(ValueError, match='unknown optimizer'): train.compile_for(tiny(), 'multiclass', optimizer='adagrad-ish')
     with pytest.raises(ValueError, match='class_weight'): train.compile_for(tiny(), 'multiclass', pos_weight=[1] * 5)
     with pytest.raises(ValueError, match='3 weights'): train.compile_for(tiny('multilabel'), 'multilabel', pos_weight=[1] * 3)
     with pytest.raises(ValueError, match="'mae'"): train.compile_for(tiny('regression'), 'regression', loss='mae')
@@ -123,9 +103,8 @@ def test_compile_for_optimisers_and_errors():
 def test_class_weights_follow_the_grade_in_every_encoding(task):
     ds, grades = toy(30, task, seed=3, batch_size=30)
     cw = {0: 0.1, 1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
-    for t in (task, None):  # explicit task, and inferred from the target shape
-        w = next(iter(train._with_class_weight(ds, cw, t)))[2].numpy()
-        np.testing.assert_allclose(w, [cw[g] for g in grades])
+    w = next(iter(train._with_class_weight(ds, cw, task)))[2].numpy()
+    np.testing.assert_allclose(w, [cw[g] for g in grades])
 
 
 def test_class_weight_refused_for_lesion_labels():
@@ -136,7 +115,7 @@ def test_fit_learns_saves_and_reloads(tmp_path):
     seed_everything(0)
     tr, va = toy(320)[0], toy(80, seed=1)[0]
     m = train.compile_for(tiny(), 'multiclass', learning_rate=3e-2)
-    h = train.fit(m, tr, va, tmp_path, epochs=6, verbose=0)
+    h = train.fit(m, tr, va, tmp_path, task=TASK, epochs=6, verbose=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['history.csv', 'history.json', 'model.keras']
     assert len(h['loss']) == 6 and {'accuracy', 'val_loss', 'val_accuracy'} <= set(h)
     assert json.loads((tmp_path/'history.json').read_text()) == h
@@ -155,19 +134,19 @@ def test_interrupted_fit_resumes_at_next_epoch(tmp_path, mid_epoch):
     k, epochs = 2, 5
     first = train.compile_for(tiny(), 'multiclass', learning_rate=1e-2)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(first, tr, va, tmp_path, epochs=epochs, patience=10, verbose=0, callbacks=[Interrupt(k, mid_epoch)])
-    assert (tmp_path/'backup').is_dir()
-    # after epoch k (1-based) the backup holds that epoch's weights (killed mid-epoch: the weights moved on since)
-    saved = train.compile_for(tiny(), 'multiclass'); saved.load_weights(tmp_path/'backup'/'latest.weights.h5')
+        train.fit(first, tr, va, tmp_path, task=TASK, epochs=epochs, patience=10, verbose=0, callbacks=[Interrupt(k, mid_epoch)])
+    # after epoch k (1-based) the resume folder holds that epoch's model, and only it (killed mid-epoch: the weights moved on since)
+    assert [p.name for p in (tmp_path/'resume').iterdir()] == [f'epoch_{k:04d}.keras']
+    saved = train.load_model(tmp_path/'resume'/f'epoch_{k:04d}.keras')
     if not mid_epoch:
         for a, b in zip(saved.get_weights(), first.get_weights()): np.testing.assert_array_equal(a, b)
 
     second, rec = train.compile_for(tiny(), 'multiclass', learning_rate=1e-2), Recorder()
-    h = train.fit(second, tr, va, tmp_path, epochs=epochs, patience=10, verbose=0, callbacks=[rec])
+    h = train.fit(second, tr, va, tmp_path, task=TASK, epochs=epochs, patience=10, verbose=0, callbacks=[rec])
     assert rec.epochs == list(range(k, epochs))  # 0-based: starts at epoch k+1
     for a, b in zip(rec.start_weights, saved.get_weights()): np.testing.assert_array_equal(a, b)
     assert len(h['loss']) == epochs and not any(np.isnan(h['loss']))
-    assert not (tmp_path/'backup').exists()
+    assert not (tmp_path/'resume').exists()
     assert json.loads((tmp_path/'history.json').read_text()) == h
 
 
@@ -175,14 +154,14 @@ def test_early_stopping_counts_epochs_before_an_interruption(tmp_path):
     # with a zero learning rate the validation loss never improves: stop after `patience` epochs past the first
     tr, va = toy(32)[0], toy(16, seed=1)[0]
     patience = 3
-    h = train.fit(train.compile_for(tiny(), optimizer='sgd', learning_rate=0.0), tr, va, tmp_path/'a', epochs=20,
+    h = train.fit(train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.0), tr, va, tmp_path/'a', task=TASK, epochs=20,
                   patience=patience, verbose=0)
     assert len(h['loss']) == patience + 1
     # the same run killed after 2 epochs stops at the same epoch once resumed
-    m = train.compile_for(tiny(), optimizer='sgd', learning_rate=0.0)
+    m = train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.0)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(m, tr, va, tmp_path/'b', epochs=20, patience=patience, verbose=0, callbacks=[Interrupt(2)])
-    h = train.fit(train.compile_for(tiny(), optimizer='sgd', learning_rate=0.0), tr, va, tmp_path/'b', epochs=20,
+        train.fit(m, tr, va, tmp_path/'b', task=TASK, epochs=20, patience=patience, verbose=0, callbacks=[Interrupt(2)])
+    h = train.fit(train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.0), tr, va, tmp_path/'b', task=TASK, epochs=20,
                   patience=patience, verbose=0)
     assert len(h['loss']) == patience + 1
 
@@ -192,11 +171,11 @@ def test_resumed_checkpoint_keeps_the_earlier_best(tmp_path):
     tr, va = toy(96)[0], toy(32, seed=1)[0]
     m = train.compile_for(tiny(), 'multiclass', learning_rate=1e-2)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(m, tr, va, tmp_path, epochs=4, verbose=0, callbacks=[Interrupt(2)])
+        train.fit(m, tr, va, tmp_path, task=TASK, epochs=4, verbose=0, callbacks=[Interrupt(2)])
     best_before = train.load_model(tmp_path/'model.keras').evaluate(va, verbose=0, return_dict=True)['loss']
     # resume with a learning rate so large that every later epoch is worse: the earlier best must stay
-    m2 = train.compile_for(tiny(), optimizer='sgd', learning_rate=50.0)
-    h = train.fit(m2, tr, va, tmp_path, epochs=4, verbose=0)
+    m2 = train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=50.0)
+    h = train.fit(m2, tr, va, tmp_path, task=TASK, epochs=4, verbose=0)
     assert min(h['val_loss'][2:]) > min(h['val_loss'][:2])
     final = train.load_model(tmp_path/'model.keras').evaluate(va, verbose=0, return_dict=True)['loss']
     assert final == pytest.approx(best_before, rel=1e-5)
@@ -204,20 +183,20 @@ def test_resumed_checkpoint_keeps_the_earlier_best(tmp_path):
 
 def test_fresh_fit_in_a_finished_run_folder_starts_over(tmp_path):
     tr, va = toy(32)[0], toy(16, seed=1)[0]
-    train.fit(train.compile_for(tiny()), tr, va, tmp_path, epochs=3, verbose=0)
-    m, rec = train.compile_for(tiny()), Recorder()
-    h = train.fit(m, tr, va, tmp_path, epochs=2, verbose=0, callbacks=[rec])
+    train.fit(train.compile_for(tiny(), 'multiclass'), tr, va, tmp_path, task=TASK, epochs=3, verbose=0)
+    m, rec = train.compile_for(tiny(), 'multiclass'), Recorder()
+    h = train.fit(m, tr, va, tmp_path, task=TASK, epochs=2, verbose=0, callbacks=[rec])
     assert rec.epochs == [0, 1] and len(h['loss']) == 2
 
 
 def test_fit_needs_validation_data_to_monitor_it(tmp_path):
     with pytest.raises(ValueError, match='validation data'):
-        train.fit(train.compile_for(tiny()), toy(8)[0], None, tmp_path, epochs=1)
+        train.fit(train.compile_for(tiny(), 'multiclass'), toy(8)[0], None, tmp_path, task=TASK, epochs=1)
 
 
 def test_fit_with_reduce_lr_logs_the_learning_rate(tmp_path):
     tr, va = toy(32)[0], toy(16, seed=1)[0]
-    h = train.fit(train.compile_for(tiny(), optimizer='sgd', learning_rate=0.0), tr, va, tmp_path, epochs=3,
+    h = train.fit(train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.0), tr, va, tmp_path, task=TASK, epochs=3,
                   patience=3, reduce_lr=True, verbose=0)
     assert 'learning_rate' in h and len(h['learning_rate']) == 3
 
@@ -229,7 +208,7 @@ def test_every_task_trains_and_predicts(tmp_path, task):
     y = encode(np.arange(10) % 5, 'multilabel')
     pos_weight = dict(zip(MULTILABEL, (len(y) - y.sum(0)) / y.sum(0))) if task == 'multilabel' else None
     m = train.compile_for(tiny(task), task, learning_rate=1e-2, pos_weight=pos_weight)
-    h = train.fit(m, tr, va, tmp_path, epochs=2, verbose=0, class_weight=None if task == 'multilabel' else [1, 2, 1, 2, 1])
+    h = train.fit(m, tr, va, tmp_path, task=task, epochs=2, verbose=0, class_weight=None if task == 'multilabel' else [1, 2, 1, 2, 1])
     assert len(h['val_loss']) == 2 and np.isfinite(h['val_loss']).all()
     out = train.predict(m, va)
     assert out.shape == ((32,) if task == 'regression' else (32, m.output.shape[-1]))
@@ -252,7 +231,7 @@ def test_predict_tta_averages_the_four_flips():
 
 def test_tta_is_exact_for_a_flip_invariant_model():
     inputs = keras.Input((SIZE, SIZE, 3))
-    m = keras.Model(inputs, train.output_head(keras.layers.GlobalAveragePooling2D()(inputs), 'multiclass'))
+    m = keras.Model(inputs, output_layer(keras.layers.GlobalAveragePooling2D()(inputs), 'multiclass'))
     va, _ = toy(16, seed=4)
     np.testing.assert_allclose(train.predict(m, va, tta=True), train.predict(m, va), atol=1e-6)
 

@@ -8,7 +8,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from drbook.core import TASKS, N_GRADES, MULTILABEL
+from drbook.core import N_GRADES, MULTILABEL
+from drbook.tasks import TASKS
 from drbook.transfer import (BACKBONES, HEADS, PreprocessInput, add_head, backbone_layers, backbone_of, block_labels,
                              block_names, build_model, calibrate_batchnorm, conv_output_model, feature_model,
                              get_backbone, head_layers, head_model, keras_weights_path, resolve_weights, weights_used)
