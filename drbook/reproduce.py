@@ -4,15 +4,19 @@
 
 # %% ../nbs/14_reproduce.ipynb #f66a75de
 from __future__ import annotations
-import argparse, json, os, re, sys, time
+import argparse, ast, json, logging, os, re, sys, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-import yaml
+import nbformat, yaml
+from jupyter_client.manager import AsyncKernelManager
 from .core import PROJECT_ROOT, read_records, require_gpu
 
 # %% auto #0
-__all__ = ['PROFILE_KEYS', 'SELF', 'profiles_dir', 'list_profiles', 'load_profile', 'chapter_notebooks', 'declared_parameters',
-           'notebook_parameters', 'NotebookResult', 'run_notebook', 'new_run_dir', 'reproduce', 'write_summary', 'main']
+__all__ = ['PROFILE_KEYS', 'SELF', 'IMAGE_READERS', 'DATA_SOURCE_MODULES', 'NOISY_LOGGERS', 'profiles_dir', 'list_profiles',
+           'load_profile', 'chapter_notebooks', 'declared_parameters', 'image_readers', 'reads_images',
+           'notebook_parameters', 'check_table_csv', 'NotebookResult', 'run_notebook', 'logs_to', 'new_run_dir',
+           'reproduce', 'write_summary', 'main']
 
 # %% ../nbs/14_reproduce.ipynb #713f0208
 PROFILE_KEYS = {'description', 'require_gpu', 'notebooks', 'parameters', 'timeout'}
@@ -51,8 +55,8 @@ SELF = '14_reproduce'
 def chapter_notebooks(nbs_dir:Path|str|None=None, # folder of notebooks (default: the project's nbs/)
                       only:list|None=None, # names or number prefixes to keep, e.g. ['03', '07_scratch_cnn']
                      )->list:
-    "The numbered notebooks of the course in order, without this one, optionally only those named in `only`."
-    nbs = sorted(p for p in Path(nbs_dir or PROJECT_ROOT/'nbs').glob('[0-9][0-9]_*.ipynb') if p.stem != SELF)
+    "The numbered notebooks of the course (`03a_tasks` included) in order, without this one, optionally only those named in `only`."
+    nbs = sorted(p for p in Path(nbs_dir or PROJECT_ROOT/'nbs').glob('[0-9][0-9]*_*.ipynb') if p.stem != SELF)
     if not only: return nbs
     keep = [p for p in nbs if any(p.stem == o or p.stem.startswith(f'{o}_') for o in map(str, only))]
     missing = [o for o in map(str, only) if not any(p.stem == o or p.stem.startswith(f'{o}_') for p in nbs)]
@@ -63,7 +67,6 @@ def chapter_notebooks(nbs_dir:Path|str|None=None, # folder of notebooks (default
 def declared_parameters(nb_path:Path # the notebook
                        )->list:
     "Names assigned in the notebook's `parameters` cell, read with Python's own parser."
-    import ast, nbformat
     nb = nbformat.read(str(nb_path), as_version=4)
     cell = next((c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])), None)
     if cell is None: return []
@@ -73,16 +76,73 @@ def declared_parameters(nb_path:Path # the notebook
              for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)]
     return list(dict.fromkeys(names))
 
+# %% ../nbs/14_reproduce.ipynb #bcfacb61
+IMAGE_READERS = ('read_samples', 'load_table', 'imread', 'imdecode', 'decode_image', 'decode_jpeg', 'decode_png',
+                 'read_fundus', 'make_dataset')  # the primitives: the course's table, and image decoders
+DATA_SOURCE_MODULES = ('data', 'synthetic')  # the modules whose chapters make the course's data
+
+def _code_cells(nb_path:Path, exported:bool)->list:
+    "Sources of the notebook's code cells that are (or are not) exported."
+    cells = nbformat.read(str(nb_path), as_version=4).cells
+    return [c.source for c in cells if c.cell_type == 'code' and bool(re.match(r'\s*#\|\s*export', c.source)) == exported]
+
+def _names(source:str, calls_only:bool=True)->set:
+    "Names `source` calls (`f(...)`, `obj.f(...)`), or every name it refers to; IPython magics and shell lines skipped."
+    src = '\n'.join(l for l in source.splitlines() if not l.lstrip().startswith(('%', '!')))
+    try: tree = ast.parse(src)
+    except SyntaxError: return set(re.findall(r'\b(\w+)\s*\(' if calls_only else r'\b(\w+)\b', src))
+    nodes = (n.func for n in ast.walk(tree) if isinstance(n, ast.Call)) if calls_only else ast.walk(tree)
+    return {n.id if isinstance(n, ast.Name) else n.attr for n in nodes if isinstance(n, (ast.Name, ast.Attribute))}
+
+# %% ../nbs/14_reproduce.ipynb #c9034c90
+def image_readers(*nbs_dirs:Path)->set:
+    "`IMAGE_READERS` and every function exported from the notebooks in `nbs_dirs` (default nbs/) that uses one of them."
+    defs = {}
+    for p in sorted(q for d in (nbs_dirs or [PROJECT_ROOT/'nbs']) for q in Path(d).glob('*.ipynb')):
+        for src in _code_cells(p, exported=True):
+            try: tree = ast.parse(src)
+            except SyntaxError: continue
+            for f in tree.body:
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)): defs[f.name] = _names(ast.unparse(f), calls_only=False) - {f.name}
+    readers = set(IMAGE_READERS)
+    while new := {f for f, used in defs.items() if f not in readers and used & readers}: readers |= new
+    return readers
+
+def reads_images(nb_path:Path, # a chapter notebook
+                 readers:set|None=None, # default: `image_readers()` of the project's notebooks
+                )->list:
+    "The image readers the chapter's own, unexported code calls, sorted; `[]` when it reads no images."
+    exported = _code_cells(nb_path, exported=True)
+    module = next((m.group(1) for s in exported for m in [re.search(r'#\|\s*default_exp\s+(\S+)', s)] if m), None)
+    module = module or next((m.group(1) for s in _code_cells(nb_path, exported=False)
+                             for m in [re.match(r'#\|\s*default_exp\s+(\S+)', s)] if m), '')
+    if module in DATA_SOURCE_MODULES: return []
+    called = set().union(*map(_names, _code_cells(nb_path, exported=False)))
+    return sorted(called & (image_readers() if readers is None else readers))
+
 # %% ../nbs/14_reproduce.ipynb #f1d85788
 def notebook_parameters(nb_path:Path, # the notebook
                         profile:dict, # a loaded profile
                        )->tuple:
-    "`(used, unused)`: the profile's parameters for this notebook that it declares, and those it does not."
+    "`(used, unused)`: the profile's parameters for this notebook (`'*'` ones included) that it declares, and the names of those it does not."
     declared = set(declared_parameters(nb_path))
     wanted = {**profile['parameters'].get('*', {}), **profile['parameters'].get(Path(nb_path).stem, {})}
     used = {k: v for k, v in wanted.items() if k in declared}
-    unused = sorted(k for k in profile['parameters'].get(Path(nb_path).stem, {}) if k not in declared)
-    return used, unused
+    return used, sorted(k for k in wanted if k not in declared)
+
+# %% ../nbs/14_reproduce.ipynb #a93ef89e
+def check_table_csv(nbs:list, # the notebooks a run will execute
+                    profile:dict, # a loaded profile
+                   ):
+    "Raise `ValueError` naming the chapters that read images but would not receive the profile's `table_csv`."
+    readers, missing = image_readers(), []
+    for nb in map(Path, nbs):
+        wanted = {**profile['parameters'].get('*', {}), **profile['parameters'].get(nb.stem, {})}
+        if 'table_csv' in wanted and 'table_csv' not in declared_parameters(nb) and (calls := reads_images(nb, readers)):
+            missing.append(f"{nb.stem} (calls {', '.join(calls)})")
+    if missing: raise ValueError(
+        "the profile sets `table_csv`, but these chapters read images and do not declare `table_csv` in their "
+        f"parameters cell, so they would run on the synthetic samples: {'; '.join(missing)}")
 
 # %% ../nbs/14_reproduce.ipynb #df870e64
 @dataclass
@@ -93,7 +153,7 @@ class NotebookResult:
     seconds: float = 0.0
     output: str = ''
     parameters: dict = field(default_factory=dict)
-    unused_parameters: list = field(default_factory=list)
+    unused_parameters: list = field(default_factory=list)  # the profile's parameters (`'*'` included) it does not declare
     error: str = ''
 
 # %% ../nbs/14_reproduce.ipynb #2ad28fbb
@@ -102,16 +162,29 @@ def _describe_failure(e)->str:
     first = next((l for l in (e.source or '').splitlines() if l.strip()), '')
     return f"cell {e.cell_index} (In [{e.exec_count}]: `{first[:80]}`): {e.ename}: {e.evalue}"
 
+def _kernel_manager(stream)->type:
+    "A kernel manager class whose kernels write their stdout and stderr to the open file `stream` (None: inherited)."
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            if stream is not None: kw.setdefault('stdout', stream); kw.setdefault('stderr', stream)
+            return await super().start_kernel(**kw)
+    return LoggedKernelManager
+
 def run_notebook(nb_path:Path, out_path:Path, parameters:dict, run_dir:Path, cwd:Path,
-                 kernel:str='python3', timeout:int|None=None, progress:bool=False)->tuple:
+                 kernel:str='python3', timeout:int|None=None,
+                 progress:bool|dict=False, # papermill's progress bar over the cells (a dict: tqdm's options)
+                 kernel_log=None, # open file for the kernel's stdout and stderr (None: the terminal)
+                )->tuple:
     "Execute one notebook with papermill in `run_dir`'s environment; return `(status, error)`."
     import papermill as pm
-    env = {'DRBOOK_RUN_DIR': str(run_dir), 'DRBOOK_NOTEBOOK': Path(nb_path).stem}
+    env = {'DRBOOK_RUN_DIR': str(run_dir), 'DRBOOK_NOTEBOOK': Path(nb_path).stem,
+           'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2')}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits the runner's environment
     try:
         pm.execute_notebook(str(nb_path), str(out_path), parameters=parameters, kernel_name=kernel, cwd=str(cwd),
-                            progress_bar=progress, execution_timeout=timeout)
+                            progress_bar=progress, execution_timeout=timeout,
+                            kernel_manager_class=_kernel_manager(kernel_log))
         return 'ok', ''
     except pm.PapermillExecutionError as e: return 'failed', _describe_failure(e)
     except Exception as e: return 'failed', f"{type(e).__name__}: {e}"
@@ -119,6 +192,29 @@ def run_notebook(nb_path:Path, out_path:Path, parameters:dict, run_dir:Path, cwd
         for k, v in old.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+
+# %% ../nbs/14_reproduce.ipynb #fa0bea5f
+NOISY_LOGGERS = ('papermill', 'nbclient', 'traitlets', 'jupyter_client', 'asyncio', 'py.warnings')
+
+@contextmanager
+def logs_to(path:Path, # the log file (appended to)
+            verbose:bool=False, # also show the messages on stderr
+           ):
+    "Send the log records of `NOISY_LOGGERS` (and Python warnings) to `path` while the block runs."
+    handlers = [logging.FileHandler(path, encoding='utf-8')] + ([logging.StreamHandler(sys.stderr)] if verbose else [])
+    for h in handlers: h.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s', '%H:%M:%S'))
+    saved = [(lg, lg.level, lg.propagate) for lg in map(logging.getLogger, NOISY_LOGGERS)]
+    for lg, _, _ in saved:
+        lg.setLevel(logging.INFO); lg.propagate = False
+        for h in handlers: lg.addHandler(h)
+    logging.captureWarnings(True)
+    try: yield
+    finally:
+        logging.captureWarnings(False)
+        for lg, level, propagate in saved:
+            for h in handlers: lg.removeHandler(h)
+            lg.setLevel(level); lg.propagate = propagate
+        handlers[0].close()
 
 # %% ../nbs/14_reproduce.ipynb #5f89d655
 def new_run_dir(profile_name:str, runs_root:Path|str|None=None)->Path:
@@ -132,31 +228,42 @@ def new_run_dir(profile_name:str, runs_root:Path|str|None=None)->Path:
     raise RuntimeError(f"could not make a new run folder under {root}")
 
 # %% ../nbs/14_reproduce.ipynb #45ed13d4
+def _progress(nb:Path, on:bool)->dict|bool:
+    "tqdm's options for the progress bar of one chapter: on its own line, erased when the chapter is done."
+    return {'desc': f'  {nb.stem:<24}', 'unit': 'cell', 'leave': False, 'file': sys.stderr} if on else False
+
 def reproduce(profile:str|dict='sample', # profile name, YAML path, or a loaded profile
               only:list|None=None, # run only these notebooks (names or number prefixes)
               runs_root:Path|str|None=None, # where run folders go (default runs/)
               nbs_dir:Path|str|None=None, # where the notebooks are (default nbs/)
               keep_going:bool=False, # run the remaining notebooks after a failure
               kernel:str='python3', # Jupyter kernel to run them in
-              log=print, # where progress lines go
+              log=print, # where the per-chapter lines go
+              verbose:bool=False, # show the kernels' output and the libraries' log on the terminal too
+              progress:bool|None=None, # a progress bar per chapter (None: when stderr is a terminal)
              )->dict:
     "Run the course's notebooks under `profile`; write and return the run summary."
     prof = profile if isinstance(profile, dict) else load_profile(profile)
     if prof['require_gpu']: require_gpu()
     nbs = chapter_notebooks(nbs_dir, only or prof['notebooks'] or None)
+    check_table_csv(nbs, prof)
     run = new_run_dir(prof['name'], runs_root); (run/'notebooks').mkdir()
+    if progress is None: progress = sys.stderr.isatty()
     log(f"drbook reproduce: profile {prof['name']!r}, {len(nbs)} notebooks, run folder {run}")
     results, failed = [], False
-    for nb in nbs:
-        res = NotebookResult(nb.stem, output=str(run/'notebooks'/nb.name))
-        if failed and not keep_going: res.status = 'skipped'; results.append(res); continue
-        res.parameters, res.unused_parameters = notebook_parameters(nb, prof)
-        t0 = time.time()
-        res.status, res.error = run_notebook(nb, Path(res.output), res.parameters, run, nb.parent, kernel, prof['timeout'])
-        res.seconds = round(time.time() - t0, 1)
-        failed |= res.status == 'failed'
-        log(f"  {nb.stem:<24} {res.status:<7} {res.seconds:7.1f} s" + (f"  {res.error}" if res.error else ''))
-        results.append(res)
+    with open(run/'reproduce.log', 'a', encoding='utf-8') as klog, logs_to(run/'reproduce.log', verbose):
+        for nb in nbs:
+            res = NotebookResult(nb.stem, output=str(run/'notebooks'/nb.name))
+            if failed and not keep_going: res.status = 'skipped'; results.append(res); continue
+            res.parameters, res.unused_parameters = notebook_parameters(nb, prof)
+            t0 = time.time()
+            res.status, res.error = run_notebook(nb, Path(res.output), res.parameters, run, nb.parent, kernel,
+                                                 prof['timeout'], _progress(nb, progress), None if verbose else klog)
+            res.seconds = round(time.time() - t0, 1)
+            failed |= res.status == 'failed'
+            note = res.error or ('not passed: ' + ', '.join(res.unused_parameters) if res.unused_parameters else '')
+            log(f"  {nb.stem:<24} {res.status:<7} {res.seconds:7.1f} s" + (f"  {note}" if note else ''))
+            results.append(res)
     return write_summary(run, prof, results)
 
 # %% ../nbs/14_reproduce.ipynb #b3968d8d
@@ -173,13 +280,13 @@ def write_summary(run:Path, prof:dict, results:list)->dict:
     ok = all(r.status == 'ok' for r in results)
     summary = {'profile': {k: prof[k] for k in ('name', 'description', 'path')}, 'run_dir': str(run), 'ok': ok,
                'notebooks': [asdict(r) for r in results], 'records': recs,
-               'seconds': round(sum(r.seconds for r in results), 1)}
+               'seconds': round(sum(r.seconds for r in results), 1), 'log': str(run/'reproduce.log')}
     (run/'summary.json').write_text(json.dumps(summary, indent=1), encoding='utf-8')
     lines = [f"# drbook run: profile `{prof['name']}`", '', prof['description'], '',
-             f"Run folder: `{run}`. Result: **{'all notebooks ran' if ok else 'FAILED'}** in {summary['seconds']} s.", '',
-             '| notebook | status | seconds | note |', '|---|---|---|---|']
-    lines += [f"| {r.notebook} | {r.status} | {r.seconds} | {r.error or ('unused parameters: ' + ', '.join(r.unused_parameters) if r.unused_parameters else '')} |"
-              for r in results]
+             f"Run folder: `{run}`. Result: **{'all notebooks ran' if ok else 'FAILED'}** in {summary['seconds']} s. "
+             "Kernel output and library messages: `reproduce.log`.", '',
+             '| notebook | status | seconds | parameters not passed | note |', '|---|---|---|---|---|']
+    lines += [f"| {r.notebook} | {r.status} | {r.seconds} | {', '.join(r.unused_parameters)} | {r.error} |" for r in results]
     for nb, named in recs.items():
         lines += ['', f'## {nb}', '', '| name | value |', '|---|---|'] + [f'| {k} | {_fmt(v)} |' for k, v in named.items()]
     (run/'summary.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
@@ -196,26 +303,39 @@ def _parser()->argparse.ArgumentParser:
     r.add_argument('--nbs', help='folder of the notebooks (default: the project\'s nbs/)')
     r.add_argument('--keep-going', action='store_true', help='go on with the next notebooks after a failure')
     r.add_argument('--require-gpu', action='store_true', help='fail at once when no GPU is visible')
+    r.add_argument('--verbose', action='store_true', help="also show the kernels' output and the libraries' log")
     sub.add_parser('profiles', help='list the profiles')
     sub.add_parser('records', help="print a run's records").add_argument('run_dir')
     return p
 
 # %% ../nbs/14_reproduce.ipynb #2c309b78
+def _records(run_dir:str)->int:
+    "`drbook records`: print a run's records; exit status 2 when `run_dir` is not a run folder."
+    d = Path(run_dir)
+    if not any((d/f).is_file() for f in ('records.jsonl', 'summary.json')):
+        print(f"drbook records: {d} is not a run folder (no records.jsonl or summary.json); runs are under runs/",
+              file=sys.stderr)
+        return 2
+    for r in read_records(d): print(f"{r['notebook']:<24} {r['name']:<28} {_fmt(r['value'])}")
+    return 0
+
 def main(argv:list|None=None)->int:
     "Entry point of the `drbook` command."
     args = _parser().parse_args(argv)
     if args.command == 'profiles':
         for n in list_profiles(): print(f"{n:<12} {load_profile(n)['description']}")
         return 0
-    if args.command == 'records':
-        for r in read_records(args.run_dir): print(f"{r['notebook']:<24} {r['name']:<28} {_fmt(r['value'])}")
-        return 0
+    if args.command == 'records': return _records(args.run_dir)
     try:
         if args.require_gpu: require_gpu()
-        s = reproduce(args.profile, only=args.only, runs_root=args.runs, nbs_dir=args.nbs, keep_going=args.keep_going)
+        s = reproduce(args.profile, only=args.only, runs_root=args.runs, nbs_dir=args.nbs, keep_going=args.keep_going,
+                      verbose=args.verbose)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f'drbook reproduce: {e}', file=sys.stderr); return 2
     run = Path(s['run_dir'])
-    print(f"\nExecuted notebooks: {run/'notebooks'}\nSummary: {run/'summary.md'} (and summary.json)")
+    print(f"\nExecuted notebooks: {run/'notebooks'}\nSummary: {run/'summary.md'} (and summary.json); log: {s['log']}")
     if not s['ok']: print('drbook reproduce: FAILED (see the summary)', file=sys.stderr)
+    if argv is None and not args.verbose:  # the command: what asyncio reports while Python exits goes to the log too
+        logging.getLogger('asyncio').addHandler(logging.FileHandler(s['log'], encoding='utf-8'))
+        logging.getLogger('asyncio').propagate = False
     return 0 if s['ok'] else 1

@@ -1,9 +1,15 @@
 #!/usr/bin/env python
 """Checks the notebook conventions nbdev_clean does not: committed notebooks carry no outputs (executed copies
-live under runs/), and every numbered notebook starts with `#| default_exp`, an H1 title, and one `parameters` cell."""
+live under runs/), every numbered notebook starts with `#| default_exp`, an H1 title, and one `parameters` cell,
+and every numbered notebook that reads images declares `table_csv` (the rule is `drbook.reproduce.reads_images`,
+the one `drbook reproduce` also applies)."""
 import sys
+from functools import cache
 from pathlib import Path
 import nbformat
+from drbook.reproduce import declared_parameters, image_readers, reads_images
+
+readers = cache(image_readers)  # drbook's functions that read images, found once from the notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +26,10 @@ def problems(path:Path)->list:
             out.append(f'{path.name}: the first cell must be `#| default_exp <module>`')
         if not any(c.cell_type == 'markdown' and c.source.startswith('# ') for c in nb.cells[:3]):
             out.append(f'{path.name}: an H1 title belongs in the first cells')
+        calls = reads_images(path, readers())
+        if calls and len(params) == 1 and 'table_csv' not in declared_parameters(path):
+            out.append(f"{path.name}: reads images ({', '.join(calls)}) but its parameters cell does not declare "
+                       "`table_csv` (a profile's table would not reach it)")
     return out
 
 if __name__ == '__main__':
