@@ -111,7 +111,7 @@ def test_every_head_serves_every_task(head, task):
 def test_head_presets_follow_the_seeds():
     feats = keras.Input((7, 7, 512))
     s1 = keras.Model(feats, add_head(feats, 'sigmoid', 's1'))
-    assert [type(l).__name__ for l in s1.layers[1:]] == ['GlobalAveragePooling2D', 'Dropout', 'Dense']
+    assert [type(l).__name__ for l in s1.layers[1:]] == ['GlobalAveragePooling2D', 'Dropout', 'Dense', 'Activation']
     assert s1.get_layer('head_dropout').rate == 0.5 and s1.output.shape == (None, 5)
     # S3 VGG16 experiment 1: Flatten -> Dense 256 -> Dense 5 = 6,422,784 + 1,285 parameters
     assert keras.Model(feats, add_head(feats, 'multiclass', 's3_flatten256')).count_params() == 6_422_784 + 1_285
@@ -179,7 +179,7 @@ def test_feature_and_head_models_compose_and_share_weights(head):
     hm = head_model(model)
     np.testing.assert_allclose(hm(feature_model(model)(x)).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
     # training the head model trains the full model's head (the layers are shared, not copied)
-    w = model.get_layer('predictions').kernel.numpy().copy()
+    w = model.get_layer('logits').kernel.numpy().copy()
     hm.compile(optimizer=keras.optimizers.SGD(0.1), loss='binary_crossentropy')
     hm.fit(feature_model(model)(x), np.ones((8, len(MULTILABEL)), 'float32'), epochs=1, verbose=0)
-    assert not np.allclose(model.get_layer('predictions').kernel.numpy(), w)
+    assert not np.allclose(model.get_layer('logits').kernel.numpy(), w)
