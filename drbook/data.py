@@ -98,7 +98,7 @@ def save_table(table:pd.DataFrame, # a canonical table (it is conformed first)
                csv_path:Path|str, # the CSV file to write
               )->Path:
     "Write `table` to `csv_path` atomically, with paths stored relative to the CSV's folder."
-    csv_path = Path(csv_path).absolute()
+    csv_path = Path(csv_path).expanduser().absolute()
     out = conform_table(table)
     def rel(p):  # relative, with forward slashes; kept absolute when no relative path exists (another drive)
         try: return Path(os.path.relpath(os.path.abspath(p), csv_path.parent)).as_posix()
@@ -110,7 +110,7 @@ def save_table(table:pd.DataFrame, # a canonical table (it is conformed first)
 def load_table(csv_path:Path|str, # a CSV written by `save_table`
               )->pd.DataFrame:
     "The canonical table saved in `csv_path`, with absolute paths and the canonical dtypes."
-    csv_path = Path(csv_path)
+    csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file(): raise FileNotFoundError(f"table {csv_path} not found")
     try: df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[''])
     except (ValueError, UnicodeDecodeError, OSError) as e: raise ValueError(f"{csv_path}: not a readable CSV table ({e})") from None

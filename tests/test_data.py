@@ -469,3 +469,10 @@ def test_real_idrid_is_unchanged_by_reading(idrid_root):
     t = read_idrid_segmentation(idrid_root)
     for p in t['mask_SE'].dropna(): read_mask(p)
     assert snapshot(idrid_root) == before
+
+def test_table_paths_may_start_with_home(tmp_path, monkeypatch):
+    "A profile's `table_csv: ~/data/table.csv` works: save_table and load_table expand `~`."
+    monkeypatch.setenv('HOME', str(tmp_path))
+    t = conform_table(pd.DataFrame({'image_path': [str(tmp_path/'data'/'a.png')], 'image_id': ['a'], 'grade': [2]}), source='folder')
+    assert save_table(t, '~/data/table.csv') == tmp_path/'data'/'table.csv'
+    assert load_table('~/data/table.csv')['image_path'].tolist() == [str(tmp_path/'data'/'a.png')]
