@@ -5,7 +5,7 @@
 # %% ../nbs/02_synthetic.ipynb #9504660d
 from __future__ import annotations
 import hashlib, math, os, shutil, sys
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 import cv2
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from .core import GRADES, LESIONS, PROJECT_ROOT, atomic_write
 from .data import load_table, save_table
+from .preprocess import imap_chunked
 
 # %% auto #0
 __all__ = ['LESION_TYPES', 'MASK_TYPES', 'SEVERE_HE_PER_QUADRANT', 'SAMPLES', 'NOTICE', 'LESION_COLOURS', 'FRAMES', 'SUPER',
@@ -636,12 +637,10 @@ def _replace_folder(new:Path, dest:Path):
     shutil.rmtree(old, ignore_errors=True)
 
 def _draw_all(jobs, dest, processes):
-    "Rows of `write_sample` for every job, in job order, drawn in `processes` worker processes."
-    from tqdm.auto import tqdm
-    from drbook.synthetic import write_sample as draw  # the module's function: worker processes can import it
-    if processes <= 1: return [draw(dest, j) for j in tqdm(jobs, desc='synthetic images')]
-    with ProcessPoolExecutor(processes) as pool:
-        return list(tqdm(pool.map(draw, [dest] * len(jobs), jobs, chunksize=8), total=len(jobs), desc='synthetic images'))
+    "Rows of `write_sample` for every job, in job order, drawn in `processes` worker processes (none when 1)."
+    rows = [None] * len(jobs)
+    for i, row in imap_chunked(partial(write_sample, dest), jobs, processes, 'synthetic images'): rows[i] = row
+    return rows
 
 # %% ../nbs/02_synthetic.ipynb #dc2ce392
 def build_samples(dest:Path|str, # folder to (re)build; an existing one must be empty or a previous build
