@@ -243,9 +243,21 @@ def finished_images(cache):
     return sorted(p for p in Path(cache).glob('*/*.jpg') if not p.name.startswith('.'))
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_run_resumes(tmp_path, sig):
-    "Kill a run part-way (Ctrl-C, or SIGKILL): finished images are complete, none is half-written, the rest is done next time."
+def wait_for_group_exit(pgid, timeout=60):
+    "Wait until no process of the process group `pgid` is left (the run, its workers, loky's resource tracker)."
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try: os.killpg(pgid, 0)
+        except ProcessLookupError: return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize('sig,group', [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGKILL, True),
+                                       (signal.SIGTERM, False), (signal.SIGKILL, False)],
+                         ids=['ctrl-c', 'sigterm-all', 'sigkill-all', 'sigterm-parent', 'sigkill-parent'])
+def test_interrupted_run_resumes(tmp_path, sig, group):
+    "Kill a run part-way (Ctrl-C, SIGTERM or SIGKILL; to all its processes, or to the parent only): finished images are complete, none is half-written, the rest is done next time."
     d = tmp_path/'big'; d.mkdir()
     data = cv2.imencode('.jpg', cv2.cvtColor(fundus(1800, 2400, seed=7), cv2.COLOR_RGB2BGR))[1].tobytes()
     paths = []
@@ -257,11 +269,13 @@ def test_interrupted_run_resumes(tmp_path, sig):
     try:
         deadline = time.time() + 120
         while len(finished_images(cache)) < 4 and time.time() < deadline and proc.poll() is None: time.sleep(0.02)
-        os.killpg(proc.pid, sig)  # the whole group: the run and its workers, as Ctrl-C in a terminal does
+        if group: os.killpg(proc.pid, sig)  # the run and its workers, as Ctrl-C in a terminal does
+        else: os.kill(proc.pid, sig)  # the parent alone: its workers must notice and stop by themselves
         proc.wait(timeout=60)
+        assert wait_for_group_exit(proc.pid), 'worker processes outlived the interrupted run'
     finally:
-        if proc.poll() is None: os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(0.5)  # let orphaned workers (after SIGKILL of the group there are none) settle
+        try: os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError: pass
     finished = finished_images(cache)
     print("finished before the interruption:", len(finished))
     assert 4 <= len(finished) < 60, len(finished)  # interrupted part-way
@@ -271,7 +285,7 @@ def test_interrupted_run_resumes(tmp_path, sig):
     out, report = preprocess_dataset(table, 's3', 1024, cache_dir=cache, workers=2, progress=False)
     stats = out.attrs['preprocess']
     assert report.empty and stats['cached'] == len(finished) and stats['processed'] == 60 - len(finished)
-    assert not list(cache.glob('*/.tmp-*')) or sig == signal.SIGKILL
+    assert not list(cache.glob('*/.tmp-*')) or sig != signal.SIGINT
     assert find_corrupt(out['preprocessed_path'], workers=2, progress=False).empty
 
 
