@@ -27,7 +27,8 @@ import pandas as pd
 from joblib.externals.loky import get_reusable_executor
 from PIL import Image
 
-from drbook.preprocess import Recipe, decode_factor, default_workers, imap_chunked, preprocess_dataset
+from drbook.core import default_workers, imap_chunked
+from drbook.preprocess import Recipe, decode_factor, preprocess_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 IDRID = Path(os.environ.get('DRBOOK_IDRID_MINI', ROOT.parent/'shared'/'datasets'/'idrid_mini'))

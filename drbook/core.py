@@ -4,14 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #a1a8b3d0
 from __future__ import annotations
-import json, os, random, sys, time, tempfile
+import json, os, random, sys, time, tempfile, warnings
 from pathlib import Path
 import numpy as np
+import joblib
+from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'PROJECT_ROOT', 'grade_name', 'data_dir', 'cache_dir',
-           'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'seed_everything', 'device_report', 'get_strategy',
-           'require_gpu', 'record', 'read_records', 'latest_records']
+__all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'PROJECT_ROOT', 'IDLE_WORKERS_S', 'grade_name',
+           'data_dir', 'cache_dir', 'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'default_workers',
+           'imap_chunked', 'seed_everything', 'device_report', 'get_strategy', 'require_gpu', 'record', 'read_records',
+           'latest_records']
 
 # %% ../nbs/00_core.ipynb #b2df90bb
 GRADES = {0: 'No DR', 1: 'Mild NPDR', 2: 'Moderate NPDR', 3: 'Severe NPDR', 4: 'Proliferative DR'}
@@ -84,6 +87,46 @@ def atomic_write(path:Path|str, # final file path
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return path
+
+# %% ../nbs/00_core.ipynb #7d6d66bf
+def default_workers()->int:
+    "Number of CPUs this process may run on."
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
+def _run_chunk(fn, chunk:list, parent:int)->list:
+    "`[(i, fn(x)), …]` for a chunk of `(i, x)` pairs, in a worker process started by `parent`."
+    if 'cv2' in sys.modules: sys.modules['cv2'].setNumThreads(1)  # one process per core already: OpenCV's threads would only compete
+    out = []
+    for i, x in chunk:  # the run was killed (its process is gone): stop between two items, nothing half-done
+        if os.getpid() != parent and os.getppid() != parent: os._exit(1)
+        out.append((i, fn(x)))
+    return out
+
+# %% ../nbs/00_core.ipynb #58b503da
+IDLE_WORKERS_S = 10  # seconds the worker processes wait for the next call before they exit
+
+def imap_chunked(fn, # a function of one item: module-level, or defined in a notebook cell (sent with cloudpickle)
+                 items:list, # the work
+                 workers:int|None=None, # processes; None: all CPUs available; 0 or 1: in this process
+                 desc:str|None=None, # progress bar label
+                 progress:bool=True, # show a progress bar
+                ):
+    "Yield `(i, fn(items[i]))` as results arrive, computed in chunks by `workers` joblib (loky) processes."
+    items = list(items); workers = default_workers() if workers is None else workers
+    with tqdm(total=len(items), desc=desc, disable=not progress, leave=False) as bar:
+        if workers <= 1 or len(items) <= 1:  # in this process: no start-up cost, easiest to debug
+            for i, x in enumerate(items): yield i, fn(x); bar.update()
+            return
+        pairs = list(enumerate(items)); size = max(1, min(16, len(pairs) // (4 * workers)))  # chunks: several per worker
+        chunks = [pairs[j:j + size] for j in range(0, len(pairs), size)]
+        run = joblib.Parallel(n_jobs=min(workers, len(chunks)), backend='loky', batch_size=1, return_as='generator_unordered',
+                              idle_worker_timeout=IDLE_WORKERS_S)
+        results = run(joblib.delayed(_run_chunk)(fn, c, os.getpid()) for c in chunks)
+        try:
+            for res in results: bar.update(len(res)); yield from res
+        finally:  # stopped early (an error, an interrupt, the caller closed us): queued chunks dropped, workers stopped
+            with warnings.catch_warnings(): warnings.simplefilter('ignore'); results.close()
 
 # %% ../nbs/00_core.ipynb #44899c51
 def seed_everything(seed:int=42 # the seed for Python, NumPy and (if loaded) TensorFlow/Keras

@@ -4,24 +4,23 @@
 
 # %% ../nbs/03_preprocessing.ipynb #3d06987d
 from __future__ import annotations
-import hashlib, inspect, io, json, math, os, re, time, warnings
+import hashlib, inspect, io, json, math, os, re, time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 import cv2
-import joblib
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 from . import core
+from .core import imap_chunked
 
 # %% auto #0
-__all__ = ['PREPROCESS_VERSION', 'STEPS', 'FORMATS', 'RECIPES', 'MIN_SIDE', 'IDLE_WORKERS_S', 'NoFieldOfView', 'fov_mask',
-           'fov_box', 'square_crop', 'crop_fundus', 'circular_mask', 'mask_outside', 'clahe', 'fov_region',
-           'ben_graham', 'gaussian_filter', 'resize', 'Recipe', 'get_recipe', 'split_table', 'balance', 'class_weights',
-           'label_pos_weights', 'ImageReadError', 'apply_orientation', 'decode_factor', 'read_fundus', 'find_corrupt',
-           'default_workers', 'imap_chunked', 'preprocess_image', 'preprocess_dataset']
+__all__ = ['PREPROCESS_VERSION', 'STEPS', 'FORMATS', 'RECIPES', 'MIN_SIDE', 'NoFieldOfView', 'fov_mask', 'fov_box', 'square_crop',
+           'crop_fundus', 'circular_mask', 'mask_outside', 'clahe', 'fov_region', 'ben_graham', 'gaussian_filter',
+           'resize', 'Recipe', 'get_recipe', 'split_table', 'balance', 'class_weights', 'label_pos_weights',
+           'ImageReadError', 'apply_orientation', 'decode_factor', 'read_fundus', 'find_corrupt', 'preprocess_image',
+           'preprocess_dataset']
 
 # %% ../nbs/03_preprocessing.ipynb #f19fe9b0
 class NoFieldOfView(ValueError):
@@ -437,46 +436,6 @@ def find_corrupt(paths, # image files (a list, or a table's `image_path` column)
     paths = [str(p) for p in paths]
     bad = [(paths[i], r) for i, r in imap_chunked(_check_one, paths, workers, 'checking', progress) if r is not None]
     return pd.DataFrame(sorted(bad), columns=['path', 'reason'])
-
-# %% ../nbs/03_preprocessing.ipynb #7d6d66bf
-def default_workers()->int:
-    "Number of CPUs this process may run on."
-    try: return len(os.sched_getaffinity(0))
-    except AttributeError: return os.cpu_count() or 1
-
-def _run_chunk(fn, chunk:list, parent:int)->list:
-    "`[(i, fn(x)), …]` for a chunk of `(i, x)` pairs, in a worker process started by `parent`."
-    cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads would only compete
-    out = []
-    for i, x in chunk:  # the run was killed (its process is gone): stop between two items, nothing half-done
-        if os.getpid() != parent and os.getppid() != parent: os._exit(1)
-        out.append((i, fn(x)))
-    return out
-
-# %% ../nbs/03_preprocessing.ipynb #58b503da
-IDLE_WORKERS_S = 10  # seconds the worker processes wait for the next call before they exit
-
-def imap_chunked(fn, # a function of one item: module-level, or defined in a notebook cell (sent with cloudpickle)
-                 items:list, # the work
-                 workers:int|None=None, # processes; None: all CPUs available; 0 or 1: in this process
-                 desc:str|None=None, # progress bar label
-                 progress:bool=True, # show a progress bar
-                ):
-    "Yield `(i, fn(items[i]))` as results arrive, computed in chunks by `workers` joblib (loky) processes."
-    items = list(items); workers = default_workers() if workers is None else workers
-    with tqdm(total=len(items), desc=desc, disable=not progress, leave=False) as bar:
-        if workers <= 1 or len(items) <= 1:  # in this process: no start-up cost, easiest to debug
-            for i, x in enumerate(items): yield i, fn(x); bar.update()
-            return
-        pairs = list(enumerate(items)); size = max(1, min(16, len(pairs) // (4 * workers)))  # chunks: several per worker
-        chunks = [pairs[j:j + size] for j in range(0, len(pairs), size)]
-        run = joblib.Parallel(n_jobs=min(workers, len(chunks)), backend='loky', batch_size=1, return_as='generator_unordered',
-                              idle_worker_timeout=IDLE_WORKERS_S)
-        results = run(joblib.delayed(_run_chunk)(fn, c, os.getpid()) for c in chunks)
-        try:
-            for res in results: bar.update(len(res)); yield from res
-        finally:  # stopped early (an error, an interrupt, the caller closed us): queued chunks dropped, workers stopped
-            with warnings.catch_warnings(): warnings.simplefilter('ignore'); results.close()
 
 # %% ../nbs/03_preprocessing.ipynb #83816dc8
 def _cache_name(src:str, ext:str)->str:

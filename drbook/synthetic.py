@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from .core import GRADES, LESIONS, PROJECT_ROOT, atomic_write
 from .data import load_table, save_table
-from .preprocess import imap_chunked
+from .core import imap_chunked
 
 # %% auto #0
 __all__ = ['LESION_TYPES', 'MASK_TYPES', 'SEVERE_HE_PER_QUADRANT', 'SAMPLES', 'NOTICE', 'LESION_COLOURS', 'FRAMES', 'SUPER',

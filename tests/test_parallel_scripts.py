@@ -1,4 +1,4 @@
-"""Parallel work (drbook.preprocess.imap_chunked, on joblib's loky) from the places users call it: a plain script file
+"""Parallel work (drbook.core.imap_chunked, on joblib's loky) from the places users call it: a plain script file
 without an `if __name__ == '__main__':` guard that imports TensorFlow first, and the same code fed to `python -`."""
 import json, os, shutil, subprocess, sys, textwrap
 from pathlib import Path
