@@ -9,11 +9,12 @@ WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install test reproduce check-sync nbtest pytest readme bench constraints clean
+.PHONY: help install test test-fast reproduce check-sync nbtest pytest readme bench constraints clean
 
 help:
 	@echo "make reproduce   run the whole course on data_samples/ (profile $(PROFILE)) and print the summary"
 	@echo "make test        the full gate: clean notebooks, library in sync, README in sync, nbdev_test, pytest"
+	@echo "make test-fast   the inner loop: pytest without the tests marked slow (under 2 minutes)"
 	@echo "make bench       the speed benchmarks in bench/"
 
 $(STAMP): settings.ini setup.py constraints.txt
@@ -39,6 +40,11 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory nbtest && \
 	$(MAKE) --no-print-directory pytest && \
 	echo "make test: gate passed in $$(( $$(date +%s) - start )) s"
+
+test-fast: $(STAMP)
+	@start=$$(date +%s); \
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -m 'not slow' && \
+	echo "make test-fast: passed in $$(( $$(date +%s) - start )) s (slow tests and notebooks: make test)"
 
 reproduce: $(STAMP)
 	$(BIN)/drbook reproduce --profile $(PROFILE)

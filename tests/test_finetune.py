@@ -124,6 +124,7 @@ def _model():
     keras.utils.set_random_seed(1)
     return build_model('MobileNetV2', 'multiclass', 32, head='s1')
 
+@pytest.mark.slow
 def test_two_stage_fine_tune_resumes_after_interruption_in_stage_2(tmp_path):
     train, val, x = _toy_data()
     stages = two_stage(head_epochs=2, finetune_epochs=3, head_lr=1e-2, finetune_lr=1e-4, unfreeze='block_15')
@@ -152,6 +153,7 @@ def test_two_stage_fine_tune_resumes_after_interruption_in_stage_2(tmp_path):
     again = fine_tune(_model(), stages, train, val, tmp_path, verbose=0, callbacks=[seen])
     assert len(seen.epochs) == 2 and again[['loss']].equals(history[['loss']])
 
+@pytest.mark.slow
 def test_stage_1_keeps_the_backbone_frozen_and_config_changes_are_refused(tmp_path):
     train, val, _ = _toy_data(n=16)
     model = _model()

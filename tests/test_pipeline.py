@@ -169,6 +169,7 @@ def test_trains_a_model_one_step(table):
     assert np.isfinite(history.history['loss'][0])
     assert any(np.abs(a - b).max() > 0 for a, b in zip(before, model.get_weights()))
 
+@pytest.mark.slow
 def test_trains_under_a_mirrored_strategy(table, tmp_path):
     "Two virtual CPUs stand in for two GPUs: the dataset and its augmentation work under MirroredStrategy."
     table.to_pickle(tmp_path/'table.pkl')

@@ -256,6 +256,7 @@ def wait_for_group_exit(pgid, timeout=60):
 @pytest.mark.parametrize('sig,group', [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGKILL, True),
                                        (signal.SIGTERM, False), (signal.SIGKILL, False)],
                          ids=['ctrl-c', 'sigterm-all', 'sigkill-all', 'sigterm-parent', 'sigkill-parent'])
+@pytest.mark.slow
 def test_interrupted_run_resumes(tmp_path, sig, group):
     "Kill a run part-way (Ctrl-C, SIGTERM or SIGKILL; to all its processes, or to the parent only): finished images are complete, none is half-written, the rest is done next time."
     d = tmp_path/'big'; d.mkdir()

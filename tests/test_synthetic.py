@@ -154,6 +154,7 @@ def test_committed_grades_follow_their_masks():
         assert row.grade in expected, row.image_id
 
 
+@pytest.mark.slow
 def test_rebuilding_data_samples_reproduces_the_manifest(tmp_path):
     committed_table()
     syn.build_samples(tmp_path/'data_samples')  # the settings in syn.SAMPLES, as the committed folder

@@ -62,6 +62,7 @@ def test_a_model_without_logits_is_named():
     with pytest.raises(ValueError, match="does not keep its logits.*'dense_softmax'"): logits_layer(plain)
 
 
+@pytest.mark.slow
 def test_compiled_lesion_model_reloads_safely_in_a_fresh_process(tmp_path):
     inputs = keras.Input((8, 8, 3))
     m = keras.Model(inputs, output_layer(keras.layers.GlobalAveragePooling2D()(inputs), 'multilabel'))

@@ -28,7 +28,9 @@ def model_for(name):
 def _image(size, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (1, size, size, 3)).astype('float32')
 
-@pytest.mark.parametrize('name', list(BACKBONES))
+FAST_BACKBONES = ('VGG16', 'ResNet50', 'MobileNetV2', 'InceptionV3', 'EfficientNetB0')  # one of each family in make test-fast
+
+@pytest.mark.parametrize('name', [n if n in FAST_BACKBONES else pytest.param(n, marks=pytest.mark.slow) for n in BACKBONES])
 def test_backbone_flat_forward_and_gradient(name):
     bb, model = get_backbone(name), model_for(name)
     # flat graph: no nested model among the layers, the backbone's last conv layer is a layer of the model itself
