@@ -55,6 +55,7 @@ readme: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/gradcam.py
 
 constraints: $(STAMP)
 	( echo "# Exact versions drbook was last tested with (Python 3.11, CPU). Used by the Makefile: pip install -c constraints.txt"; \
