@@ -8,7 +8,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from drbook.activations import find_layer, graph_model, last_conv_layer, layer_addresses
+from drbook.activations import (activation_model, activation_stats, activations, conv_and_pool_layers, find_layer, graph_model,
+                                last_conv_layer, layer_addresses, plot_activations)
 from drbook.scratch import build_scratch_cnn
 from drbook.train import load_model, save_model
 from drbook.transfer import build_model
@@ -230,3 +231,46 @@ def test_same_name_outside_and_inside_a_nested_model():
     outer, inner, out = graph_model(model, ['Conv1', 'mobilenetv2_1.00_32/Conv1'])(_images())
     assert outer.shape[-1] == 3 and inner.shape[-1] == 32
     np.testing.assert_allclose(_np(out), _np(model(_images())), atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['scratch', 'nested', 'sequential', 'functional_inside_sequential'])
+def test_activation_model_default_layers(kind, tmp_path):
+    "Every conv and pooling output, in call order, also after a reload; each equals graph_model's."
+    model = MODELS[kind]()
+    reloaded = load_model(save_model(model, tmp_path/'m.keras'), compile=False)
+    x = _images(1, _size(model))
+    layers = conv_and_pool_layers(model)
+    assert conv_and_pool_layers(reloaded) == layers
+    acts, again = activations(model, x[0]), activations(reloaded, x)
+    assert list(acts) == layers == list(again)
+    for a in layers: np.testing.assert_allclose(acts[a], again[a], atol=1e-5)
+    assert all(v.ndim == 3 for v in acts.values())
+    if kind == 'scratch': assert layers == [f'{k}{i}' for i in range(1, 5) for k in ('conv', 'pool')]
+
+def test_activation_stats_counts_dead_channels():
+    model = small_sequential()
+    stats = activation_stats(activations(model, np.zeros((SIZE, SIZE, 3), 'float32'), ['c1', 'p1']))
+    assert stats.columns.tolist() == ['layer', 'height', 'width', 'channels', 'dead', 'mean', 'max']
+    assert stats[['height', 'channels']].values.tolist() == [[SIZE - 2, 8], [(SIZE - 2) // 2, 8]]
+    assert ((0 <= stats['dead']) & (stats['dead'] <= 1)).all()
+
+def test_activation_bad_input():
+    model = small_sequential()
+    with pytest.raises(ValueError, match=r"layers\[1\]='c9'"):
+        activation_model(model, ['c1', 'c9'])
+    with pytest.raises(ValueError, match='layers is empty'):
+        activation_model(model, [])
+    no_conv = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(2)], name='no_conv')
+    with pytest.raises(ValueError, match="'no_conv' has no convolution or pooling layer.*pass `layers`"):
+        activation_model(no_conv)
+    with pytest.raises(ValueError, match='one image'):
+        activations(model, _images(2))
+    with pytest.raises(ValueError, match=r"feature maps.*'out'"):
+        plot_activations(model, _images(1)[0], ['c1', 'out'])
+
+def test_plot_activations_grid():
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig = plot_activations(nested_mobilenet(), _images(1)[0], max_maps=4, max_layers=3)
+    assert len(fig.axes) == 3 * 5
+    plt.close(fig)
