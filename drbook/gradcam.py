@@ -15,6 +15,7 @@ from .pipeline import load_graded, prepare_splits, make_datasets
 from .train import compile_for, fit, load_model
 from .scratch import build_scratch_cnn
 from .transfer import backbone_of
+from .activations import find_layer, graph_model, last_conv_layer, layer_addresses
 
 # %% auto #0
 __all__ = ['demo_run_name', 'demo_grader', 'feature_layer', 'score_layer', 'explainer', 'check_images', 'check_class_index',
@@ -49,56 +50,18 @@ def demo_grader(table_csv:str='', # a canonical table CSV; '' = the synthetic da
     fit(model, ds['train'], ds['val'], out, epochs=epochs, task='multiclass', verbose=2)
     return model, splits
 
-# %% ../nbs/12_gradcam.ipynb #6f1b4e43
-def _all_layers(model)->list:
-    "The layers of `model` with those of nested models, each nested model's own layers right after it."
-    out = []
-    for l in model.layers:
-        out.append(l)
-        if isinstance(l, keras.Model): out.extend(_all_layers(l))
-    return out
-
-def _output_rank(layer)->int|None:
-    "The rank of `layer`'s (single) output, None when it has none or several."
-    try: out = layer.output
-    except (AttributeError, ValueError): return None
-    return len(out.shape) if hasattr(out, 'shape') else None
-
 # %% ../nbs/12_gradcam.ipynb #a0d3641c
 def feature_layer(model:keras.Model, # the model to explain
-                  layer:str|None=None, # a layer name (nested models searched too); None: the last conv output
+                  layer:str|None=None, # a layer name or address ('base/out_relu'); None: the last conv output
                  )->str:
-    "The name of the layer whose 4-D output Grad-CAM explains: `layer` checked, the registry's `last_conv`, or the last 4-D output."
-    layers = {l.name: l for l in _all_layers(model) if not isinstance(l, keras.Model)}
+    "The address of the layer whose 4-D output Grad-CAM explains: `layer` checked, the registry's `last_conv`, or the last conv output."
     if layer is None:
         try: return backbone_of(model).last_conv
-        except ValueError: pass
-        found = [n for n, l in layers.items() if _output_rank(l) == 4 and not isinstance(l, keras.layers.InputLayer)]
-        if not found: raise ValueError(f"model {model.name!r} has no convolution (no layer with a 4-D output): "
-                                       "Grad-CAM needs spatial feature maps")
-        return found[-1]
-    if layer not in layers:
-        raise ValueError(f"layer={layer!r}: model {model.name!r} has no such layer (nested models included); "
-                         f"4-D layers: {[n for n, l in layers.items() if _output_rank(l) == 4][-8:]}")
-    if _output_rank(layers[layer]) != 4:
-        raise ValueError(f"layer={layer!r} outputs rank {_output_rank(layers[layer])}, expected 4-D feature maps "
-                         "(batch, height, width, channels)")
-    return layer
-
-# %% ../nbs/12_gradcam.ipynb #e9344e6a
-def _rerun(model, x, keep:dict):
-    "Call `model`'s layers on `x` again (nested models layer by layer); store in `keep` the outputs of the layers it names."
-    def call(layer):
-        def run(*args, **kwargs):
-            y = _rerun(layer, args[0], keep) if isinstance(layer, keras.Model) else layer(*args, **kwargs)
-            if layer.name in keep: keep[layer.name] = y
-            return y
-        return run
-    if isinstance(model, keras.Sequential):
-        for layer in model.layers: x = call(layer)(x)
-        return x
-    y = model._run_through_graph(x, operation_fn=call)
-    return y[0] if isinstance(y, (list, tuple)) and len(y) == 1 else y
+        except ValueError: return last_conv_layer(model)  # nested models included (drbook.activations)
+    address = find_layer(model, layer, 'layer')
+    rank = len(layer_addresses(model)[address].output.shape)
+    if rank != 4: raise ValueError(f"layer={layer!r} outputs rank {rank}, expected 4-D feature maps (batch, height, width, channels)")
+    return address
 
 # %% ../nbs/12_gradcam.ipynb #dc358b42
 def score_layer(model:keras.Model)->str:
@@ -111,15 +74,11 @@ def score_layer(model:keras.Model)->str:
                      "drbook.tasks.output_layer, or in a linear layer") from None
 
 def explainer(model:keras.Model, # the model to explain: flat, nested, Sequential or reloaded
-              layers:list, # names of the (possibly nested) layers whose outputs are wanted
+              layers:list, # names or addresses of the (possibly nested) layers whose outputs are wanted
              )->keras.Model:
-    "A model from a fresh input to the outputs of `layers`, sharing `model`'s layers (and so its weights)."
-    inputs = keras.Input(model.input_shape[1:], name='image')
-    keep = dict.fromkeys(layers)
-    _rerun(model, inputs, keep)
-    missing = [n for n, t in keep.items() if t is None]
-    if missing: raise ValueError(f"layers {missing} of model {model.name!r} are not on the path from its input to its output")
-    return keras.Model(inputs, [keep[n] for n in layers], name=f'{model.name}_explainer')
+    "A model from a fresh input to the outputs of `layers`, sharing `model`'s layers (drbook.activations.graph_model)."
+    g = graph_model(model, layers)
+    return keras.Model(g.inputs, g.outputs[:len(layers)], name=f'{model.name}_explainer')
 
 # %% ../nbs/12_gradcam.ipynb #6b405e1c
 def check_images(model:keras.Model, # the model the images are for

@@ -86,7 +86,7 @@ def test_batches_do_not_change_maps(images):
 
 def test_nested_equals_reference(images):
     m = nested_model()
-    assert feature_layer(m) == 'conv2'
+    assert feature_layer(m) == 'base/conv2'  # the address of the nested layer
     np.testing.assert_allclose(gradcam(m, images), reference(nested_fn(m), images), atol=1e-4)
 
 def test_sequential_equals_reference(images):
