@@ -5,16 +5,19 @@
 # %% ../nbs/00_core.ipynb #a1a8b3d0
 from __future__ import annotations
 import json, os, random, sys, time, tempfile, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import joblib
 from tqdm.auto import tqdm
+try: import fcntl  # POSIX file locks
+except ImportError: fcntl = None
 
 # %% auto #0
 __all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'PROJECT_ROOT', 'IDLE_WORKERS_S', 'grade_name',
-           'data_dir', 'cache_dir', 'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'default_workers',
-           'imap_chunked', 'seed_everything', 'device_report', 'get_strategy', 'require_gpu', 'record', 'read_records',
-           'latest_records']
+           'data_dir', 'cache_dir', 'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'file_lock',
+           'default_workers', 'imap_chunked', 'seed_everything', 'device_report', 'get_strategy', 'require_gpu',
+           'record', 'read_records', 'latest_records']
 
 # %% ../nbs/00_core.ipynb #b2df90bb
 GRADES = {0: 'No DR', 1: 'Mild NPDR', 2: 'Moderate NPDR', 3: 'Severe NPDR', 4: 'Proliferative DR'}
@@ -87,6 +90,18 @@ def atomic_write(path:Path|str, # final file path
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return path
+
+# %% ../nbs/00_core.ipynb #ca6116db
+@contextmanager
+def file_lock(path:Path|str, # the lock file (created when missing, never removed)
+             ):
+    "Hold an exclusive lock on `path` while the block runs: another process asking for it waits (no lock without fcntl)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)  # released by the OS too if this process dies
+        try: yield path
+        finally:
+            if fcntl is not None: fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/00_core.ipynb #7d6d66bf
 def default_workers()->int:

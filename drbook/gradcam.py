@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import keras
-from .core import work_dir, seed_everything
+from .core import file_lock, work_dir, seed_everything
 from .tasks import logits_layer, get_task
 from .pipeline import load_graded, prepare_splits, make_datasets
 from .train import compile_for, fit, load_model
@@ -43,11 +43,12 @@ def demo_grader(table_csv:str='', # a canonical table CSV; '' = the synthetic da
     splits, _ = prepare_splits(load_graded(table_csv), recipe, image_size, seed=seed)
     if model_path: return load_model(model_path), splits
     out = work_dir('12_gradcam')/demo_run_name(table_csv, image_size, epochs, recipe, augment, batch_size, seed)
-    if (out/'model.keras').is_file() and (out/'history.json').is_file(): return load_model(out/'model.keras'), splits
-    ds = make_datasets(splits, 'multiclass', image_size, batch_size, augment or None, seed)
-    seed_everything(seed)  # the same initial weights whatever ran before
-    model = compile_for(build_scratch_cnn('sample', image_size), 'multiclass', learning_rate=1e-3)
-    fit(model, ds['train'], ds['val'], out, epochs=epochs, task='multiclass', verbose=2)
+    with file_lock(out.parent/f'{out.name}.lock'):  # chapters 12 and 12a may ask at once: one trains, the other waits
+        if (out/'model.keras').is_file() and (out/'history.json').is_file(): return load_model(out/'model.keras'), splits
+        ds = make_datasets(splits, 'multiclass', image_size, batch_size, augment or None, seed)
+        seed_everything(seed)  # the same initial weights whatever ran before
+        model = compile_for(build_scratch_cnn('sample', image_size), 'multiclass', learning_rate=1e-3)
+        fit(model, ds['train'], ds['val'], out, epochs=epochs, task='multiclass', verbose=2)
     return model, splits
 
 # %% ../nbs/12_gradcam.ipynb #a0d3641c
