@@ -108,9 +108,10 @@ def s2_stages(name:str # a key of S2_TABLE3
     return [Stage(name, c['strategy'], c['learning_rate'], c['epochs'], 'adam')]
 
 # %% ../nbs/09_fine_tuning.ipynb #ae531829
-def _stage_config(stage, task, freeze_batchnorm, model):
-    "What a stage's folder is keyed by: the stage, the task, BN handling and the model's identity."
+def _stage_config(stage, task, freeze_batchnorm, model, pos_weight=None):
+    "What a stage's folder is keyed by: the stage, the task, BN handling, label weights and the model's identity."
     return {**asdict(stage), 'task': task, 'freeze_batchnorm': freeze_batchnorm, 'model': model.name,
+            **({'pos_weight': pos_weight} if pos_weight is not None else {}),
             'input_shape': list(model.input.shape[1:]), 'parameters': int(model.count_params())}
 
 def _claim(folder:Path, config:dict):
@@ -133,18 +134,19 @@ def fine_tune(model:keras.Model, # a model from drbook.transfer.build_model
               out_dir:Path|str, # run folder; reuse it to resume
               task:str='multiclass', # a key of drbook.tasks.TASKS (chooses the loss)
               freeze_batchnorm:bool=True, # keep BatchNormalization layers in inference mode
+              pos_weight=None, # sigmoid outputs: positive weight per output or {label: weight} (S4: inverse label frequency)
               **fit_kwargs, # passed to drbook.train.fit (patience, class_weight, callbacks, verbose, ...)
              )->pd.DataFrame:
     "Train `model` through `stages`, resuming an interrupted run; the history of every stage, one row per epoch."
     out_dir, frames = Path(out_dir), []
     for i, st in enumerate(stages, 1):
         folder = out_dir/f'{i}_{st.name}'; folder.mkdir(parents=True, exist_ok=True)
-        _claim(folder, _stage_config(st, task, freeze_batchnorm, model))
+        _claim(folder, _stage_config(st, task, freeze_batchnorm, model, pos_weight))
         set_trainable(model, st.strategy, freeze_batchnorm)
         if (folder/'history.json').exists():  # finished earlier: take its best weights
             _load_best(model, folder); hist = json.loads((folder/'history.json').read_text())
         else:
-            compile_for(model, task, optimizer=st.optimizer, learning_rate=st.learning_rate)
+            compile_for(model, task, optimizer=st.optimizer, learning_rate=st.learning_rate, pos_weight=pos_weight)
             hist = fit(model, train_ds, val_ds, folder, st.epochs, task=task, **fit_kwargs)
         frames.append(pd.DataFrame(hist).assign(stage=st.name, stage_epoch=lambda d: np.arange(1, len(d) + 1)))
     history = pd.concat(frames, ignore_index=True)

@@ -125,7 +125,7 @@ def _step(explain:keras.Model, wrt_input:bool):
         with tf.GradientTape(persistent=all_classes) as tape:
             tape.watch(images)
             feats, scores = explain(images, training=False)
-            scores = tf.reshape(tf.cast(scores, tf.float32), (tf.shape(scores)[0], -1))
+            scores = tf.reshape(tf.cast(scores, tf.float32), (-1, int(np.prod(scores.shape[1:]))))  # static width: range() below needs it
             idx = tf.where(idx < 0, tf.argmax(scores, 1, output_type=tf.int32), idx)
             chosen = [scores[:, k] for k in range(scores.shape[1])] if all_classes else [tf.gather(scores, idx, batch_dims=1)]
         target = images if wrt_input else feats
