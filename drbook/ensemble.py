@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 from .core import N_GRADES, atomic_write, seed_everything
 from .tasks import (TASKS, check_scores, check_task, class_scores, output_layer, scores_to_grades, table_grades)
-from .metrics import check_pair, confusion_matrix, qwk
+from .metrics import check_pair, compare_with, confusion_matrix, paired_bootstrap, qwk
 from .scratch import build_scratch_cnn
 from .transfer import build_model, calibrate_batchnorm, resolve_weights
 from .train import compile_for
@@ -24,8 +24,7 @@ __all__ = ['FORMAT', 'STACKERS', 'majority_vote', 'accuracy_weights', 'member_re
            'average_to_grades', 'MemberSpec', 'parse_members', 'build_member', 'member_run_name', 'table_hash',
            'check_member_scores', 'save_member_scores', 'load_model_scores', 'member_grades', 'member_probabilities',
            'expected_grade', 'aligned_grades', 's3_stacker_model', 'logistic_stacker', 'dense_stacker',
-           'stack_features', 'cv_folds', 'stack', 'average_expected_grades', 'diversity', 'paired_bootstrap',
-           'compare_with']
+           'stack_features', 'cv_folds', 'stack', 'average_expected_grades', 'diversity']
 
 # %% ../nbs/10_ensembles.ipynb #b9d7bfb7
 def majority_vote(votes, # (members, n) grades 0–4, one row per member
@@ -345,29 +344,3 @@ def diversity(members:list, split:str, y_true)->pd.DataFrame:
             rows.append({'member_a': a['name'], 'member_b': b['name'],
                          'disagreement': float((member_grades(a, split) != member_grades(b, split)).mean()), 'error_correlation': corr})
     return pd.DataFrame(rows)
-
-# %% ../nbs/10_ensembles.ipynb #80140850
-def paired_bootstrap(y_true, pred_a, pred_b, # true grades and two sets of predicted grades for the same eyes
-                     metric=qwk, # a function (y_true, y_pred) -> number
-                     n_boot:int=1000, # resamples
-                     level:float=0.95, # confidence level of the interval
-                     seed:int=0, # seed of the resampling
-                    )->dict:
-    "`metric(a) − metric(b)` with a percentile interval from resampling the eyes (the same resample for both)."
-    yt, a = check_pair(y_true, pred_a); _, b = check_pair(y_true, pred_b)
-    idx = np.random.default_rng(seed).integers(0, len(yt), (n_boot, len(yt)))
-    with np.errstate(all='ignore'): d = np.array([metric(yt[i], a[i]) - metric(yt[i], b[i]) for i in idx])
-    d = d[np.isfinite(d)]
-    lo, hi = np.percentile(d, [50 * (1 - level), 50 * (1 + level)]) if len(d) else (np.nan, np.nan)
-    return {'diff': metric(yt, a) - metric(yt, b), 'diff_lo': float(lo), 'diff_hi': float(hi)}
-
-def compare_with(y_true, predictions:dict, # {name: predicted grades}
-                 reference:str, # the name in `predictions` to compare every other against (e.g. the best member)
-                 n_boot:int=1000, level:float=0.95, seed:int=0)->pd.DataFrame:
-    "QWK of each prediction set and the paired-bootstrap interval of its difference from `reference`'s."
-    if reference not in predictions: raise ValueError(f"reference {reference!r} is not among {list(predictions)}")
-    rows = {k: {'qwk': qwk(y_true, p), **paired_bootstrap(y_true, p, predictions[reference], qwk, n_boot, level, seed)}
-            for k, p in predictions.items()}
-    out = pd.DataFrame(rows).T.astype(float)
-    out['verdict'] = np.where(out.diff_lo > 0, 'better', np.where(out.diff_hi < 0, 'worse', 'no clear difference'))
-    return out.rename_axis('model')

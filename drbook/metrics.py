@@ -16,9 +16,10 @@ from .tasks import (N_OUTPUTS, DEFAULT_CUTPOINTS, as_float, check_task, check_le
 # %% auto #0
 __all__ = ['GRADE_LABELS', 'THRESHOLDS_FILE', 'RESULT_COLUMNS', 'check_grades', 'check_pair', 'accuracy', 'qwk',
            'confusion_matrix', 'classification_report', 'plot_confusion', 'per_class_auc', 'bootstrap_confusions',
-           'one_vs_rest', 'rates', 'sensitivity_specificity', 'share_matched_cutpoints', 'fit_cutpoints',
-           'check_labels', 'fit_label_thresholds', 'save_thresholds', 'load_thresholds', 'multilabel_metrics',
-           'evaluate', 'results_table', 'plot_roc', 'history_frame', 'plot_history']
+           'one_vs_rest', 'rates', 'sensitivity_specificity', 'paired_bootstrap', 'compare_with',
+           'share_matched_cutpoints', 'fit_cutpoints', 'check_labels', 'fit_label_thresholds', 'save_thresholds',
+           'load_thresholds', 'multilabel_metrics', 'evaluate', 'results_table', 'plot_roc', 'history_frame',
+           'plot_history']
 
 # %% ../nbs/05_metrics.ipynb #8baca1e1
 def check_grades(y, # ICDR grades 0–4, one per eye (list, array or pandas Series)
@@ -153,6 +154,32 @@ def sensitivity_specificity(y_true, y_pred,
     groups = [(k, GRADES[k], grades == k) for k in grades] + [('referable', f'Referable (grade ≥ {REFERABLE_FROM})', grades >= REFERABLE_FROM)]
     rows = [{'group': g, 'name': name, **_rate_row(one_vs_rest(cm, m), one_vs_rest(boots, m), level)} for g, name, m in groups]
     return pd.DataFrame(rows).set_index('group')
+
+# %% ../nbs/05_metrics.ipynb #80140850
+def paired_bootstrap(y_true, pred_a, pred_b, # true grades and two sets of predicted grades for the same eyes
+                     metric=qwk, # a function (y_true, y_pred) -> number
+                     n_boot:int=1000, # resamples
+                     level:float=0.95, # confidence level of the interval
+                     seed:int=0, # seed of the resampling
+                    )->dict:
+    "`metric(a) − metric(b)` with a percentile interval from resampling the eyes (the same resample for both)."
+    yt, a = check_pair(y_true, pred_a); _, b = check_pair(y_true, pred_b)
+    idx = np.random.default_rng(seed).integers(0, len(yt), (n_boot, len(yt)))
+    with np.errstate(all='ignore'): d = np.array([metric(yt[i], a[i]) - metric(yt[i], b[i]) for i in idx])
+    d = d[np.isfinite(d)]
+    lo, hi = np.percentile(d, [50 * (1 - level), 50 * (1 + level)]) if len(d) else (np.nan, np.nan)
+    return {'diff': metric(yt, a) - metric(yt, b), 'diff_lo': float(lo), 'diff_hi': float(hi)}
+
+def compare_with(y_true, predictions:dict, # {name: predicted grades}
+                 reference:str, # the name in `predictions` to compare every other against (e.g. the best member)
+                 n_boot:int=1000, level:float=0.95, seed:int=0)->pd.DataFrame:
+    "QWK of each prediction set and the paired-bootstrap interval of its difference from `reference`'s."
+    if reference not in predictions: raise ValueError(f"reference {reference!r} is not among {list(predictions)}")
+    rows = {k: {'qwk': qwk(y_true, p), **paired_bootstrap(y_true, p, predictions[reference], qwk, n_boot, level, seed)}
+            for k, p in predictions.items()}
+    out = pd.DataFrame(rows).T.astype(float)
+    out['verdict'] = np.where(out.diff_lo > 0, 'better', np.where(out.diff_hi < 0, 'worse', 'no clear difference'))
+    return out.rename_axis('model')
 
 # %% ../nbs/05_metrics.ipynb #9d236ab1
 def _neg_qwk(cut, y, x):

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from drbook.preprocess import class_weights
-from drbook.ensemble import (MemberSpec, accuracy_weights, aligned_grades, average_to_grades, compare_with,
+from drbook.ensemble import (MemberSpec, accuracy_weights, aligned_grades, average_to_grades,
                              cv_folds, load_model_scores, majority_vote, member_probabilities, member_recalls,
-                             logistic_stacker, paired_bootstrap, parse_members, recall_weights, s3_stacker_model, save_member_scores,
+                             logistic_stacker, parse_members, recall_weights, s3_stacker_model, save_member_scores,
                              stack, stack_features, table_hash, weighted_average)
 from drbook.metrics import qwk
 
@@ -247,15 +247,3 @@ def test_duplicate_member_names_across_folders(tmp_path):
 
 # --- the paired bootstrap
 
-def test_paired_bootstrap():
-    y = np.repeat(np.arange(5), 30)
-    noisy = np.clip(y + np.random.default_rng(0).integers(-1, 2, len(y)), 0, 4)
-    r = paired_bootstrap(y, y, noisy, n_boot=300, seed=0)
-    assert r['diff'] == pytest.approx(1 - qwk(y, noisy)) and 0 < r['diff_lo'] <= r['diff'] <= r['diff_hi']
-    assert paired_bootstrap(y, noisy, noisy, n_boot=50) == {'diff': 0.0, 'diff_lo': 0.0, 'diff_hi': 0.0}
-    # paired: the same resample for both, so a prediction one eye apart moves the difference by little
-    one_off = noisy.copy(); one_off[0] = y[0]
-    r1 = paired_bootstrap(y, one_off, noisy, n_boot=300)
-    assert r1['diff_lo'] >= 0 and r1['diff_hi'] < 0.02
-    c = compare_with(y, {'perfect': y, 'noisy': noisy}, 'noisy', n_boot=200)
-    assert c.loc['perfect', 'verdict'] == 'better' and c.loc['noisy', 'verdict'] == 'no clear difference'

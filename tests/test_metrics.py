@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 from drbook.core import MULTILABEL, REFERABLE_FROM
 from drbook.tasks import TASKS
 from drbook import metrics as M
+from drbook.metrics import compare_with, paired_bootstrap, qwk
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEWER = settings(SETTINGS, max_examples=30)  # for the slower properties (bootstrap inside)
@@ -363,3 +364,16 @@ def test_plots_draw_what_they_say():
     assert len(texts) == 6 and any('3 Severe NPDR: AUC undefined' == t for t in texts)
     ax = M.plot_roc((rng.random((300, 5)) < .3).astype(int), rng.random((300, 5)), 'multilabel')
     assert len(ax.get_legend().get_texts()) == 5
+
+def test_paired_bootstrap():
+    y = np.repeat(np.arange(5), 30)
+    noisy = np.clip(y + np.random.default_rng(0).integers(-1, 2, len(y)), 0, 4)
+    r = paired_bootstrap(y, y, noisy, n_boot=300, seed=0)
+    assert r['diff'] == pytest.approx(1 - qwk(y, noisy)) and 0 < r['diff_lo'] <= r['diff'] <= r['diff_hi']
+    assert paired_bootstrap(y, noisy, noisy, n_boot=50) == {'diff': 0.0, 'diff_lo': 0.0, 'diff_hi': 0.0}
+    # paired: the same resample for both, so a prediction one eye apart moves the difference by little
+    one_off = noisy.copy(); one_off[0] = y[0]
+    r1 = paired_bootstrap(y, one_off, noisy, n_boot=300)
+    assert r1['diff_lo'] >= 0 and r1['diff_hi'] < 0.02
+    c = compare_with(y, {'perfect': y, 'noisy': noisy}, 'noisy', n_boot=200)
+    assert c.loc['perfect', 'verdict'] == 'better' and c.loc['noisy', 'verdict'] == 'no clear difference'
