@@ -304,6 +304,18 @@ def _parser()->argparse.ArgumentParser:
     r.add_argument('--keep-going', action='store_true', help='go on with the next notebooks after a failure')
     r.add_argument('--require-gpu', action='store_true', help='fail at once when no GPU is visible')
     r.add_argument('--verbose', action='store_true', help="also show the kernels' output and the libraries' log")
+    q = sub.add_parser('predict', help='grade photographs with a trained model: predictions.csv and report.html',
+                       description='Grade fundus photographs with a saved model (preprocessing from the model.json beside it); '
+                       'write predictions.csv and report.html (heatmaps) in --out. Not a medical device.')
+    q.add_argument('model', help='a .keras model saved by drbook (model.json beside it)')
+    q.add_argument('images', nargs='+', help='image files and folders (searched recursively)')
+    q.add_argument('--out', required=True, help='output folder (never inside an input folder)')
+    q.add_argument('--tta', action='store_true', help='average the scores over the image and its three flips')
+    q.add_argument('--cam', default='gradcam', help='heatmap: gradcam (default), gradcam++, guided or none')
+    q.add_argument('--batch-size', type=int, default=32, help='images per batch (default: 32)')
+    q.add_argument('--recipe', help="preprocessing recipe when the model has no model.json (a preset such as 'graham', or 'none')")
+    q.add_argument('--image-size', type=int, help='image side in pixels when the model has no model.json')
+    q.add_argument('--task', help="the model's task when it has no model.json (multiclass, sigmoid, ordinal, regression, multilabel)")
     sub.add_parser('profiles', help='list the profiles')
     sub.add_parser('records', help="print a run's records").add_argument('run_dir')
     return p
@@ -319,6 +331,18 @@ def _records(run_dir:str)->int:
     for r in read_records(d): print(f"{r['notebook']:<24} {r['name']:<28} {_fmt(r['value'])}")
     return 0
 
+def _predict(args)->int:
+    "`drbook predict`: 0 when at least one image was graded, 1 when none could be, 2 on bad arguments."
+    from drbook.predict import predict_folder  # TensorFlow loads for this command only, not for `drbook profiles`
+    try: table = predict_folder(args.model, args.images, args.out, tta=args.tta, cam=args.cam, batch_size=args.batch_size,
+                                recipe=args.recipe, image_size=args.image_size, task=args.task)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'drbook predict: {e}', file=sys.stderr); return 2
+    graded, out = int((table['error'] == '').sum()), Path(args.out)
+    print(f"drbook predict: {graded} of {len(table)} file(s) graded\nTable: {out/'predictions.csv'}\nReport: {out/'report.html'}")
+    if not graded: print('drbook predict: no image could be graded (the report lists why)', file=sys.stderr)
+    return 0 if graded else 1
+
 def main(argv:list|None=None)->int:
     "Entry point of the `drbook` command."
     args = _parser().parse_args(argv)
@@ -326,6 +350,7 @@ def main(argv:list|None=None)->int:
         for n in list_profiles(): print(f"{n:<12} {load_profile(n)['description']}")
         return 0
     if args.command == 'records': return _records(args.run_dir)
+    if args.command == 'predict': return _predict(args)
     try:
         if args.require_gpu: require_gpu()
         s = reproduce(args.profile, only=args.only, runs_root=args.runs, nbs_dir=args.nbs, keep_going=args.keep_going,
