@@ -9,12 +9,13 @@ WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install test test-fast reproduce check-sync nbtest pytest readme bench constraints clean
+.PHONY: help install test test-fast reproduce book check-sync nbtest pytest readme bench constraints clean
 
 help:
 	@echo "make reproduce   run the whole course on data_samples/ (profile $(PROFILE)) and print the summary"
 	@echo "make test        the full gate: clean notebooks, library in sync, README in sync, nbdev_test, pytest"
 	@echo "make test-fast   the inner loop: pytest without the tests marked slow (under 2 minutes)"
+	@echo "make book        the course as an HTML book from the latest complete run (RUN=runs/... for another) in _book/"
 	@echo "make bench       the speed benchmarks in bench/"
 
 $(STAMP): settings.ini setup.py constraints.txt
@@ -49,6 +50,13 @@ test-fast: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/drbook reproduce --profile $(PROFILE)
 
+# The book shows a run's executed notebooks (never runs them again); with no complete run, it makes one first.
+book: $(STAMP)
+	@if [ -z "$(RUN)" ] && ! $(BIN)/python tools/build_book.py --find-run >/dev/null 2>&1; then \
+	  echo "make book: no complete run in runs/; running make reproduce first"; \
+	  $(MAKE) --no-print-directory reproduce; fi
+	$(BIN)/python tools/build_book.py $(RUN)
+
 readme: $(STAMP)
 	$(BIN)/python tools/make_readme.py
 
@@ -63,4 +71,4 @@ constraints: $(STAMP)
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^drbook' ) > constraints.txt
 
 clean:
-	rm -rf runs _proc _docs .pytest_cache
+	rm -rf runs _proc _docs _book .pytest_cache
