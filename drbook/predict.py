@@ -199,7 +199,7 @@ def predict_folder(model, # a `.keras` path (model.json beside it) or a Keras mo
     "Grade every photograph, write `predictions.csv` and `report.html` in `out`, and return the table (failures in `error`)."
     if cam not in CAMS: raise ValueError(f"cam={cam!r}: expected one of {list(CAMS)}")
     if batch_size < 1: raise ValueError(f"batch_size must be at least 1; got {batch_size}")
-    out, files = check_out(out, images), find_images(images)
+    files, out = find_images(images), check_out(out, images)  # a missing input is named first
     model, settings = model_settings(model, recipe, image_size, task)
     files_dir = out/'report_files'; files_dir.mkdir(parents=True, exist_ok=True)
     for old in files_dir.glob('[0-9][0-9][0-9][0-9][0-9]-*.png'): old.unlink()  # thumbnails of an earlier run here

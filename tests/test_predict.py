@@ -1,0 +1,132 @@
+"""`drbook predict` end to end: a small model trained here, synthetic and real photographs, broken and hostile file
+names, the CSV and the HTML report, the command's exit codes, and the page rendered by a headless Chromium."""
+import hashlib, shutil, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+from drbook.core import samples_dir, seed_everything
+from drbook.preprocess import preprocess_image
+from drbook.scratch import build_scratch_cnn
+from drbook.train import compile_for, save_model, save_model_meta, load_model_meta
+from drbook.predict import predict_folder
+from drbook.reproduce import main
+
+SIZE, RECIPE = 64, 'graham'
+HOSTILE = '<img src=x onerror=alert(1)>.jpg'
+
+@pytest.fixture(scope='module')
+def model_file(tmp_path_factory):
+    "Chapter 07's 'sample' CNN, fitted one epoch on eight synthetic photographs, saved with its model.json."
+    seed_everything(0)
+    table = pd.read_csv(samples_dir()/'samples.csv').dropna(subset=['grade']).head(8)
+    x = np.stack([preprocess_image(samples_dir()/p, RECIPE, SIZE) for p in table['image_path']]).astype('float32')
+    model = compile_for(build_scratch_cnn('sample', SIZE), 'multiclass')
+    model.fit(x, table['grade'].to_numpy(int), epochs=1, verbose=0)
+    path = save_model(model, tmp_path_factory.mktemp('model')/'model.keras')
+    save_model_meta(path, 'multiclass', SIZE, recipe=RECIPE, trained_on='test')
+    return path
+
+@pytest.fixture
+def photos(tmp_path):
+    "A folder of four synthetic photographs (one in a subfolder, one a PNG), a truncated JPEG and a hostile name."
+    src = sorted((samples_dir()/'images').glob('*.jpg'))[:4]
+    d = tmp_path/'photos'; (d/'sub').mkdir(parents=True)
+    shutil.copy(src[0], d/'a.jpg'); shutil.copy(src[1], d/'sub'/'b.jpg'); shutil.copy(src[2], d/HOSTILE)
+    from PIL import Image
+    Image.open(src[3]).save(d/'c.png')
+    (d/'broken.jpg').write_bytes(src[0].read_bytes()[:1500])
+    (d/'notes.txt').write_text('not searched: not an image ending')
+    return d
+
+def snapshot(folder):
+    "Every file under `folder` with a digest of its bytes."
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+def test_meta_is_saved_beside_the_model(model_file):
+    meta = load_model_meta(model_file)
+    assert (meta['task'], meta['image_size'], meta['recipe'].name) == ('multiclass', SIZE, RECIPE)
+    assert meta['class_names'][0] == 'No DR' and meta['extra'] == {'trained_on': 'test'}
+
+def test_folder_gives_csv_and_report(model_file, photos, tmp_path):
+    before = snapshot(photos)
+    table = predict_folder(model_file, photos, tmp_path/'out', progress=False)
+    assert snapshot(photos) == before                              # the user's folder is untouched
+    assert sorted(table['name']) == sorted(['a.jpg', 'sub/b.jpg', HOSTILE, 'c.png', 'broken.jpg'])
+    ok = table[table['error'] == '']
+    assert len(ok) == 4 and ok['grade'].between(0, 4).all() and set(ok['referable']) <= {'yes', 'no'}
+    np.testing.assert_allclose(ok[[f'score_grade_{g}' for g in range(5)]].sum(axis=1), 1, atol=1e-4)
+    assert 'truncated' in table.set_index('name').loc['broken.jpg', 'error']
+    csv = pd.read_csv(tmp_path/'out'/'predictions.csv', keep_default_na=False)
+    assert list(csv['name']) == list(table['name']) and list(csv.columns)[:6] == ['file', 'name', 'grade', 'grade_name', 'referable', 'referable_score']
+    page = (tmp_path/'out'/'report.html').read_text()
+    for _, r in ok.iterrows():                                     # every graded image shown, with its heatmap
+        assert f"src='{r['photo']}'" in page and f"src='{r['heatmap']}'" in page
+        assert (tmp_path/'out'/r['photo']).is_file() and (tmp_path/'out'/r['heatmap']).is_file()
+    assert 'broken.jpg' in page and 'truncated JPEG' in page      # the unreadable file listed with its reason
+    assert '<img src=x' not in page and '&lt;img src=x onerror=alert(1)&gt;.jpg' in page
+    assert 'Not a medical device' in page and '<script>' in page
+
+def test_options_and_a_second_run_in_the_same_folder(model_file, photos, tmp_path):
+    first = predict_folder(model_file, photos/'sub', tmp_path/'out', cam='gradcam++', progress=False)
+    table = predict_folder(model_file, [photos/'a.jpg', photos/'c.png'], tmp_path/'out', tta=True, cam='none', progress=False)
+    assert list(table['name']) == ['a.jpg', 'c.png'] and table['heatmap'].isna().all()
+    assert sorted(p.name for p in (tmp_path/'out'/'report_files').iterdir()) == ['00001-photo.png', '00002-photo.png']
+    assert len(first) == 1
+
+def test_bad_arguments_are_clear(model_file, photos, tmp_path):
+    with pytest.raises(ValueError, match='never writes next to your images'): predict_folder(model_file, photos, photos/'out')
+    with pytest.raises(ValueError, match='never writes next to your images'): predict_folder(model_file, photos/'a.jpg', photos)
+    with pytest.raises(FileNotFoundError, match='no such file'): predict_folder(model_file, tmp_path/'nothing', tmp_path/'out')
+    with pytest.raises(ValueError, match="cam='grad'"): predict_folder(model_file, photos, tmp_path/'out', cam='grad')
+    bare = tmp_path/'bare'/'model.keras'; bare.parent.mkdir(); shutil.copy(model_file, bare)
+    with pytest.raises(ValueError, match='no model.json beside it'): predict_folder(bare, photos, tmp_path/'out')
+    with pytest.raises(ValueError, match='takes 64 px'):
+        predict_folder(bare, photos, tmp_path/'out', recipe='graham', image_size=32, task='multiclass')
+    t = predict_folder(bare, photos/'sub', tmp_path/'out', recipe='none', image_size=SIZE, task='multiclass', progress=False)
+    assert t['grade'].notna().all()
+
+def test_exit_codes(model_file, photos, tmp_path):
+    out = str(tmp_path/'out')
+    assert main(['predict', str(model_file), str(photos), '--out', out]) == 0
+    bad = tmp_path/'bad'; bad.mkdir(); (bad/'x.jpg').write_bytes(b'not an image')
+    assert main(['predict', str(model_file), str(bad), '--out', out]) == 1        # nothing could be graded
+    assert 'not an image' in (tmp_path/'out'/'report.html').read_text()
+    assert main(['predict', str(model_file), str(photos), '--out', str(photos/'o')]) == 2
+    assert main(['predict', str(tmp_path/'missing.keras'), str(photos), '--out', out]) == 2
+    assert main(['predict', str(model_file), str(photos), '--out', out, '--cam', 'nope']) == 2
+    with pytest.raises(SystemExit) as e: main(['predict', str(model_file), str(photos)])  # --out is required
+    assert e.value.code == 2
+
+@pytest.mark.slow
+def test_the_installed_command(model_file, photos, tmp_path):
+    drbook = Path(sys.executable).parent/'drbook'
+    r = subprocess.run([str(drbook), 'predict', str(model_file), str(photos), '--out', str(tmp_path/'out'), '--batch-size', '2'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert '4 of 5 file(s) graded' in r.stdout and 'drbook predict' in r.stderr  # the summary, and the progress bar
+    r = subprocess.run([str(drbook), 'predict', str(model_file)], capture_output=True, text=True)
+    assert r.returncode == 2 and 'required' in r.stderr
+
+def test_real_idrid_photographs(model_file, idrid_root, tmp_path):
+    train = idrid_root/'B. Disease Grading'/'1. Original Images'/'a. Training Set'
+    two = sorted(train.glob('*.jpg'))[:2]
+    if len(two) < 2: pytest.skip(f'fewer than two photographs in {train}')
+    table = predict_folder(model_file, two, tmp_path/'out', progress=False)
+    assert list(table['name']) == [p.name for p in two] and (table['error'] == '').all()
+    assert table['grade'].between(0, 4).all()
+    page = (tmp_path/'out'/'report.html').read_text()
+    assert all(p.name in page for p in two)
+
+def test_report_renders_in_a_headless_browser(model_file, photos, tmp_path):
+    browser = shutil.which('chromium') or shutil.which('chromium-browser')
+    if browser is None: pytest.skip('no chromium or chromium-browser on PATH to render report.html')
+    predict_folder(model_file, photos, tmp_path/'out', progress=False)
+    png = tmp_path/'report.png'
+    r = subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', f'--screenshot={png}', '--window-size=1200,2000',
+                        (tmp_path/'out'/'report.html').as_uri()], capture_output=True, text=True, timeout=120)
+    assert png.is_file(), r.stderr[-2000:]
+    from PIL import Image
+    a = np.asarray(Image.open(png).convert('RGB'), dtype=float)
+    assert a.std() > 20                                            # not a blank page
+    assert (np.abs(a[..., 0] - a[..., 2]) > 60).mean() > 0.01      # colour: the photographs and heatmaps are drawn
