@@ -13,6 +13,7 @@ docstrings and docments of every module's `__all__`. The HTML lands in DIR/html 
 """
 from __future__ import annotations
 import argparse, importlib, inspect, json, pkgutil, re, shutil, subprocess, sys, textwrap, time
+from contextlib import contextmanager
 from pathlib import Path
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -110,10 +111,18 @@ def prepare_notebook(src:Path, dst:Path, note:str=''):
     nb.cells = cells
     nbformat.write(nb, str(dst))
 
+class _Bare(str):
+    "A string whose repr is itself, so that an annotation kept as a string prints as written."
+    def __repr__(self): return str(self)
+
 def _sig(obj)->str:
     "The signature of `obj` as Sphinx's Python domain can read it ('' when there is none)."
-    try: s = str(inspect.signature(obj))
+    try: sig = inspect.signature(obj)
     except (TypeError, ValueError): return '()'
+    bare = lambda a: _Bare(a) if isinstance(a, str) else a  # string annotations (`from __future__ import annotations`) unquoted
+    sig = sig.replace(parameters=[q.replace(annotation=bare(q.annotation)) for q in sig.parameters.values()],
+                      return_annotation=bare(sig.return_annotation))
+    s = str(sig)
     return re.sub(r'<([\w.]+)[^<>]*>', r'\1', s).replace('\n', ' ')  # `<function f at 0x..>` -> `function f`
 
 def _doc_body(obj, indent:str='')->str:
@@ -141,6 +150,14 @@ def api_entry(mod, name:str)->str:
     value = value.replace('`', "'")
     return f'::::{{py:data}} {name}\n\n``{value}``\n::::'
 
+@contextmanager
+def _quiet_fd2():
+    "Silence file descriptor 2 (TensorFlow's C++ start-up log while drbook's modules are imported)."
+    sys.stderr.flush(); saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as null: os.dup2(null.fileno(), 2); yield
+    finally: os.dup2(saved, 2); os.close(saved)
+
 def api_pages(dst:Path)->list:
     "Write api/index.md and one page per drbook module (its `__all__`, docstrings, parameters); return their names."
     import drbook
@@ -149,7 +166,8 @@ def api_pages(dst:Path)->list:
     for info in sorted(pkgutil.iter_modules(drbook.__path__), key=lambda m: m.name):
         if info.name.startswith('_'): continue
         modname = f'drbook.{info.name}'
-        try: mod = importlib.import_module(modname)
+        try:
+            with _quiet_fd2(): mod = importlib.import_module(modname)
         except Exception as e:
             text = f'# `{modname}`\n\nThis module could not be imported when the book was built: `{type(e).__name__}: {e}`\n'
         else:
