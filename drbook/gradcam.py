@@ -48,7 +48,8 @@ def demo_grader(table_csv:str='', # a canonical table CSV; '' = the synthetic da
         ds = make_datasets(splits, 'multiclass', image_size, batch_size, augment or None, seed)
         seed_everything(seed)  # the same initial weights whatever ran before
         model = compile_for(build_scratch_cnn('sample', image_size), 'multiclass', learning_rate=1e-3)
-        fit(model, ds['train'], ds['val'], out, epochs=epochs, task='multiclass', verbose=2)
+        fit(model, ds['train'], ds['val'], out, epochs=epochs, task='multiclass', verbose=2,
+            meta={'image_size': image_size, 'recipe': recipe})  # model.json beside model.keras, for drbook predict
     return model, splits
 
 # %% ../nbs/12_gradcam.ipynb #a0d3641c

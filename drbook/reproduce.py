@@ -116,7 +116,7 @@ def reads_images(nb_path:Path, # a chapter notebook
     module = next((m.group(1) for s in exported for m in [re.search(r'#\|\s*default_exp\s+(\S+)', s)] if m), None)
     module = module or next((m.group(1) for s in _code_cells(nb_path, exported=False)
                              for m in [re.match(r'#\|\s*default_exp\s+(\S+)', s)] if m), '')
-    if module in DATA_SOURCE_MODULES: return []
+    if module in DATA_SOURCE_MODULES or Path(nb_path).stem == SELF: return []  # the runner is never run by itself
     called = set().union(*map(_names, _code_cells(nb_path, exported=False)))
     return sorted(called & (image_readers() if readers is None else readers))
 
