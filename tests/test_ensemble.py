@@ -110,6 +110,7 @@ def test_parse_members():
 
 # --- stacking
 
+@pytest.mark.slow  # a subprocess or several trainings: a few seconds
 def test_stacking_never_sees_test_labels(tmp_path):
     splits = _splits()
     members = _noisy_members(splits, tmp_path)

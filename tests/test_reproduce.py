@@ -37,6 +37,7 @@ def test_run_collects_records_and_summary(course):
     assert (run/'notebooks'/'00_first.ipynb').exists() and 'typo' in (run/'summary.md').read_text()
     assert 'Summary:' in r.stdout
 
+@pytest.mark.slow  # runs notebooks in kernels: a few seconds
 def test_failure_names_notebook_and_cell_and_exits_nonzero(course):
     tmp, nbs, prof = course
     tiny_nb(nbs/'01_second.ipynb', "x = 1", "1 / 0  # the failing cell")
@@ -47,6 +48,7 @@ def test_failure_names_notebook_and_cell_and_exits_nonzero(course):
     assert (run/'notebooks'/'01_second.ipynb').exists()          # partial output kept
     assert json.loads((run/'summary.json').read_text())['records'] == {'00_first': {'qwk': 0.5}}
 
+@pytest.mark.slow  # a subprocess or several trainings: a few seconds
 def test_bad_profile_is_a_clear_error(tmp_path):
     r = drbook('reproduce', '--profile', 'no-such-profile')
     assert r.returncode == 2 and 'not found' in r.stderr and 'sample' in r.stderr
@@ -54,6 +56,7 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     r = drbook('reproduce', '--profile', str(bad))
     assert r.returncode == 2 and 'bad.yaml' in r.stderr
 
+@pytest.mark.slow  # runs notebooks in kernels: a few seconds
 def test_star_keys_not_declared_are_listed_per_notebook(course):
     tmp, nbs, prof = course
     prof.write_text("description: test\nparameters:\n  '*': {k: 5, epochs: 1}\n  00_first: {k: 2, typo: 1}\n")
@@ -99,6 +102,7 @@ def test_quiet_run_sends_kernel_and_library_noise_to_the_log(course):
     r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs'), '--only', '00', '--verbose')
     assert r.returncode == 0 and 'E0000 pretend C++ log line' in r.stderr and 'Unable to parse line' in r.stderr
 
+@pytest.mark.slow  # a subprocess or several trainings: a few seconds
 def test_records_of_a_folder_that_is_not_a_run_is_an_error(tmp_path):
     r = drbook('records', str(tmp_path))
     assert r.returncode == 2 and 'not a run folder' in r.stderr and str(tmp_path) in r.stderr and r.stdout == ''

@@ -51,7 +51,7 @@ def test_backbone_flat_forward_and_gradient(name):
     assert grads is not None, f'{name}: no gradient from the output to {bb.last_conv}'
     assert maps.shape[1:] == grads.shape[1:] and bool(tf.reduce_any(grads != 0)), f'{name}: gradient all zero'
 
-@pytest.mark.parametrize('name', list(BACKBONES))
+@pytest.mark.parametrize('name', [n if n in FAST_BACKBONES else pytest.param(n, marks=pytest.mark.slow) for n in BACKBONES])
 def test_blocks_are_contiguous_and_named(name):
     labels = block_labels(model_for(name))
     names = block_names(model_for(name))
