@@ -16,8 +16,8 @@ except ImportError: fcntl = None
 # %% auto #0
 __all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'PROJECT_ROOT', 'IDLE_WORKERS_S', 'grade_name',
            'data_dir', 'cache_dir', 'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'file_lock',
-           'default_workers', 'imap_chunked', 'seed_everything', 'device_report', 'get_strategy', 'require_gpu',
-           'record', 'read_records', 'latest_records']
+           'quiet_native_stderr', 'default_workers', 'imap_chunked', 'seed_everything', 'device_report', 'get_strategy',
+           'require_gpu', 'record', 'read_records', 'latest_records']
 
 # %% ../nbs/00_core.ipynb #b2df90bb
 GRADES = {0: 'No DR', 1: 'Mild NPDR', 2: 'Moderate NPDR', 3: 'Severe NPDR', 4: 'Proliferative DR'}
@@ -102,6 +102,15 @@ def file_lock(path:Path|str, # the lock file (created when missing, never remove
         try: yield path
         finally:
             if fcntl is not None: fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/00_core.ipynb #9df0ec1e
+@contextmanager
+def quiet_native_stderr():
+    "Silence file descriptor 2 while the block runs (native libraries' start-up logs); Python exceptions still propagate."
+    sys.stderr.flush(); saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as null: os.dup2(null.fileno(), 2); yield
+    finally: os.dup2(saved, 2); os.close(saved)
 
 # %% ../nbs/00_core.ipynb #7d6d66bf
 def default_workers()->int:

@@ -5,12 +5,12 @@
 # %% ../nbs/14_reproduce.ipynb #f66a75de
 from __future__ import annotations
 import argparse, ast, json, logging, os, re, sys, time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import nbformat, yaml
 from jupyter_client.manager import AsyncKernelManager
-from .core import PROJECT_ROOT, read_records, require_gpu
+from .core import PROJECT_ROOT, quiet_native_stderr, read_records, require_gpu
 
 # %% auto #0
 __all__ = ['PROFILE_KEYS', 'SELF', 'IMAGE_READERS', 'DATA_SOURCE_MODULES', 'NOISY_LOGGERS', 'profiles_dir', 'list_profiles',
@@ -316,6 +316,7 @@ def _parser()->argparse.ArgumentParser:
     q.add_argument('--recipe', help="preprocessing recipe when the model has no model.json (a preset such as 'graham', or 'none')")
     q.add_argument('--image-size', type=int, help='image side in pixels when the model has no model.json')
     q.add_argument('--task', help="the model's task when it has no model.json (multiclass, sigmoid, ordinal, regression, multilabel)")
+    q.add_argument('--verbose', action='store_true', help="also show TensorFlow's start-up log")
     sub.add_parser('profiles', help='list the profiles')
     sub.add_parser('records', help="print a run's records").add_argument('run_dir')
     return p
@@ -333,7 +334,9 @@ def _records(run_dir:str)->int:
 
 def _predict(args)->int:
     "`drbook predict`: 0 when at least one image was graded, 1 when none could be, 2 on bad arguments."
-    from drbook.predict import predict_folder  # TensorFlow loads for this command only, not for `drbook profiles`
+    with (nullcontext() if args.verbose else quiet_native_stderr()):  # TensorFlow's C++ start-up log, not for the user
+        from drbook.predict import predict_folder  # TensorFlow loads for this command only, not for `drbook profiles`
+        import tensorflow as tf; tf.config.list_physical_devices('GPU')  # the device probe logs too
     try: table = predict_folder(args.model, args.images, args.out, tta=args.tta, cam=args.cam, batch_size=args.batch_size,
                                 recipe=args.recipe, image_size=args.image_size, task=args.task)
     except (FileNotFoundError, ValueError) as e:

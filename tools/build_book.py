@@ -13,11 +13,11 @@ docstrings and docments of every module's `__all__`. The HTML lands in DIR/html 
 """
 from __future__ import annotations
 import argparse, importlib, inspect, json, pkgutil, re, shutil, subprocess, sys, textwrap, time
-from contextlib import contextmanager
 from pathlib import Path
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import nbformat
+from drbook.core import quiet_native_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT/'runs'
@@ -150,14 +150,6 @@ def api_entry(mod, name:str)->str:
     value = value.replace('`', "'")
     return f'::::{{py:data}} {name}\n\n``{value}``\n::::'
 
-@contextmanager
-def _quiet_fd2():
-    "Silence file descriptor 2 (TensorFlow's C++ start-up log while drbook's modules are imported)."
-    sys.stderr.flush(); saved = os.dup(2)
-    try:
-        with open(os.devnull, 'w') as null: os.dup2(null.fileno(), 2); yield
-    finally: os.dup2(saved, 2); os.close(saved)
-
 def api_pages(dst:Path)->list:
     "Write api/index.md and one page per drbook module (its `__all__`, docstrings, parameters); return their names."
     import drbook
@@ -167,7 +159,7 @@ def api_pages(dst:Path)->list:
         if info.name.startswith('_'): continue
         modname = f'drbook.{info.name}'
         try:
-            with _quiet_fd2(): mod = importlib.import_module(modname)
+            with quiet_native_stderr(): mod = importlib.import_module(modname)  # TensorFlow's C++ start-up log
         except Exception as e:
             text = f'# `{modname}`\n\nThis module could not be imported when the book was built: `{type(e).__name__}: {e}`\n'
         else:
