@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 from .core import N_GRADES, atomic_write, seed_everything
 from .tasks import (TASKS, check_scores, check_task, class_scores, output_layer, scores_to_grades, table_grades)
-from .metrics import check_pair, compare_with, confusion_matrix, paired_bootstrap, qwk
+from .metrics import check_pair, confusion_matrix
 from .scratch import build_scratch_cnn
 from .transfer import build_model, calibrate_batchnorm, resolve_weights
 from .train import compile_for

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 from .core import file_lock, work_dir, seed_everything
-from .tasks import logits_layer, get_task
+from .tasks import logits_layer
 from .pipeline import load_graded, prepare_splits, make_datasets
 from .train import compile_for, fit, load_model
 from .scratch import build_scratch_cnn

@@ -5,7 +5,6 @@
 # %% ../nbs/13_lesions.ipynb #3b28c296
 from __future__ import annotations
 import warnings
-from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd

@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 import sklearn.metrics as skm
 from scipy.optimize import minimize
 from .core import GRADES, N_GRADES, REFERABLE_FROM, MULTILABEL, atomic_write
-from .tasks import (N_OUTPUTS, DEFAULT_CUTPOINTS, as_float, check_task, check_length, check_scores,
+from .tasks import (DEFAULT_CUTPOINTS, as_float, check_task, check_length, check_scores,
                           check_cutpoints, check_thresholds, scores_to_grades, class_scores, referable_score)
 
 # %% auto #0

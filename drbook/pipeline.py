@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 import keras
-from .core import MULTILABEL, N_GRADES
 from .tasks import check_task, rows_error, targets
 from .data import load_table, read_samples
 from .preprocess import preprocess_dataset, split_table

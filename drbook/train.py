@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_training.ipynb #7f775779
 from __future__ import annotations
-import csv, json, math, os
+import csv, json, math
 from pathlib import Path
 import numpy as np
 import keras
@@ -12,7 +12,7 @@ import tensorflow as tf
 from . import __version__
 from .core import GRADES, N_GRADES, atomic_write, get_strategy
 from .preprocess import get_recipe
-from .tasks import check_cutpoints, check_thresholds, get_task, keras_metrics, keras_objects, loss_for, output_layer, target_grades
+from .tasks import check_cutpoints, check_thresholds, get_task, keras_metrics, keras_objects, loss_for, target_grades
 
 # %% auto #0
 __all__ = ['MODEL_META_FORMAT', 'use_mixed_precision', 'check_model_task', 'compile_for', 'save_model', 'load_model', 'meta_path',

@@ -9,7 +9,6 @@ matplotlib.use('Agg')
 from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra import numpy as hnp
 from drbook.core import MULTILABEL, REFERABLE_FROM
-from drbook.tasks import TASKS
 from drbook import metrics as M
 from drbook.metrics import compare_with, paired_bootstrap, qwk
 
@@ -128,9 +127,6 @@ def test_ordinal_class_scores_are_probabilities_and_referable_score_is_p_gt_1():
     cs = M.class_scores(s, 'ordinal')
     assert (cs >= 0).all() and np.allclose(cs.sum(1), 1)
     np.testing.assert_allclose(M.referable_score(s, 'ordinal'), np.minimum.accumulate(s, 1)[:, 1])
-
-def test_every_task_has_an_output_shape():
-    assert set(M.N_OUTPUTS) == set(TASKS)
 
 # --- bootstrap intervals ---------------------------------------------------------------------------------------------
 
