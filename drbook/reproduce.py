@@ -4,22 +4,28 @@
 
 # %% ../nbs/14_reproduce.ipynb #f66a75de
 from __future__ import annotations
-import argparse, ast, json, logging, os, re, sys, time
+import argparse, ast, json, logging, math, os, re, sys, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-import nbformat, yaml
+import nbformat, numpy as np, yaml
 from jupyter_client.manager import AsyncKernelManager
-from .core import PROJECT_ROOT, quiet_native_stderr, read_records, require_gpu
+from . import data
+from .core import PROJECT_ROOT, atomic_write, data_dir, quiet_native_stderr, read_records, require_gpu
 
 # %% auto #0
-__all__ = ['PROFILE_KEYS', 'SELF', 'IMAGE_READERS', 'DATA_SOURCE_MODULES', 'NOISY_LOGGERS', 'profiles_dir', 'list_profiles',
-           'load_profile', 'chapter_notebooks', 'declared_parameters', 'image_readers', 'reads_images',
-           'notebook_parameters', 'check_table_csv', 'NotebookResult', 'run_notebook', 'logs_to', 'new_run_dir',
+__all__ = ['PROFILE_KEYS', 'PROFILE_DEFAULTS', 'DATASET_READERS', 'SELF', 'IMAGE_READERS', 'DATA_SOURCE_MODULES', 'NOISY_LOGGERS',
+           'TOLERANCE_FACTOR', 'FAILING', 'profiles_dir', 'list_profiles', 'load_profile', 'dataset_root',
+           'read_dataset', 'chapter_notebooks', 'declared_parameters', 'image_readers', 'reads_images',
+           'notebook_parameters', 'check_table_csv', 'check_parameters', 'NotebookResult', 'run_notebook', 'logs_to',
+           'flat_records', 'better_direction', 'reference_dir', 'reference_path', 'make_reference', 'check_value',
+           'compare_records', 'comparison_counts', 'comparison_table', 'counts_table', 'paper_rows', 'new_run_dir',
            'reproduce', 'write_summary', 'main']
 
 # %% ../nbs/14_reproduce.ipynb #713f0208
-PROFILE_KEYS = {'description', 'require_gpu', 'notebooks', 'parameters', 'timeout'}
+PROFILE_KEYS = {'description', 'require_gpu', 'expected_time', 'datasets', 'notebooks', 'parameters', 'timeout', 'paper'}
+PROFILE_DEFAULTS = {'name': 'profile', 'path': '', 'description': '', 'require_gpu': False, 'expected_time': '', 'datasets': {},
+                    'notebooks': [], 'parameters': {}, 'timeout': None, 'paper': {}}  # what a profile given as a dict may leave out
 
 def profiles_dir()->Path:
     "Where named profiles live: `profiles/` at the project root (`DRBOOK_PROFILES` overrides)."
@@ -30,6 +36,23 @@ def list_profiles()->list:
     return sorted(p.stem for p in profiles_dir().glob('*.yaml'))
 
 # %% ../nbs/14_reproduce.ipynb #038c7777
+def _check_datasets(p:Path, datasets)->dict:
+    "A profile's `datasets` mapping, checked: each names a reader of `DATASET_READERS` and a `root`."
+    if not isinstance(datasets, dict): raise ValueError(f"{p}: `datasets` maps a name to {{reader, root, layout, options}}")
+    for name, spec in datasets.items():
+        if not isinstance(spec, dict) or spec.get('reader') not in DATASET_READERS or not spec.get('root'):
+            raise ValueError(f"{p}: dataset {name!r} needs `reader` (one of {', '.join(DATASET_READERS)}) and `root`")
+        if not isinstance(spec.get('options') or {}, dict): raise ValueError(f"{p}: dataset {name!r}: `options` is a mapping")
+    return datasets
+
+def _check_paper(p:Path, paper)->dict:
+    "A profile's `paper` block, checked: a `source` and `figures`, each with notebook, record, value and what."
+    if not paper: return {}
+    figs = paper.get('figures') if isinstance(paper, dict) else None
+    if not isinstance(figs, list) or not all(isinstance(f, dict) and {'notebook', 'record', 'value', 'what'} <= set(f) for f in figs):
+        raise ValueError(f"{p}: `paper` holds `source` and `figures`, a list of {{notebook, record, value, what}}")
+    return {'source': str(paper.get('source', '')), 'figures': figs}
+
 def load_profile(name:str # a profile name in `profiles/`, or a path to a YAML file
                 )->dict:
     "The profile `name`, validated, with defaults filled in."
@@ -46,8 +69,35 @@ def load_profile(name:str # a profile name in `profiles/`, or a path to a YAML f
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ValueError(f"{p}: `parameters` maps a notebook name (or '*') to a mapping of parameter values")
     return {'name': p.stem, 'path': str(p), 'description': prof.get('description', ''),
-            'require_gpu': bool(prof.get('require_gpu', False)), 'notebooks': list(prof.get('notebooks') or []),
-            'parameters': params, 'timeout': prof.get('timeout')}
+            'require_gpu': bool(prof.get('require_gpu', False)), 'expected_time': str(prof.get('expected_time') or ''),
+            'datasets': _check_datasets(p, prof.get('datasets') or {}), 'notebooks': list(prof.get('notebooks') or []),
+            'parameters': params, 'timeout': prof.get('timeout'), 'paper': _check_paper(p, prof.get('paper'))}
+
+# %% ../nbs/14_reproduce.ipynb #e73f87f3
+DATASET_READERS = {'aptos2019': 'read_aptos', 'eyepacs2015': 'read_eyepacs', 'idrid-grading': 'read_idrid_grading',
+                   'idrid-segmentation': 'read_idrid_segmentation', 'messidor': 'read_messidor', 'folder': 'read_folder'}
+
+def dataset_root(spec:dict # a profile's dataset entry: reader, root, layout, options
+                )->Path:
+    "The dataset's folder: `{data_dir}` is `drbook.core.data_dir()`, `~` and `$VARS` are expanded, a relative path starts at the project root."
+    p = Path(os.path.expandvars(str(spec['root']).replace('{data_dir}', str(data_dir())))).expanduser()
+    return p if p.is_absolute() else (PROJECT_ROOT/p).resolve()
+
+def read_dataset(name:str, # the dataset's name in the profile
+                 spec:dict, # its entry: reader, root, layout, options
+                 profile:str='', # the profile's name, for the messages
+                ):
+    "The canonical table of one of a profile's datasets, read with its `drbook.data` reader; a clear error when it is missing or unreadable."
+    root, where = dataset_root(spec), f"profile {profile!r}: dataset {name!r}"
+    layout = spec.get('layout') or f"the layout drbook.data's {spec['reader']} reader expects"
+    if not root.exists():
+        raise FileNotFoundError(f"{where} is expected at {root}, which does not exist ({layout}). Put the dataset "
+                                "there, or change `root` in the profile ('{data_dir}' is $DRBOOK_DATA).")
+    reader = getattr(data, DATASET_READERS[spec['reader']])
+    try: return reader(root, **(spec.get('options') or {}))
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+        kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+        raise kind(f"{where} at {root} cannot be read with drbook.data.{reader.__name__} ({layout}): {e}") from None
 
 # %% ../nbs/14_reproduce.ipynb #8285f01d
 SELF = '14_reproduce'
@@ -144,6 +194,32 @@ def check_table_csv(nbs:list, # the notebooks a run will execute
         "the profile sets `table_csv`, but these chapters read images and do not declare `table_csv` in their "
         f"parameters cell, so they would run on the synthetic samples: {'; '.join(missing)}")
 
+# %% ../nbs/14_reproduce.ipynb #fea802b5
+def _table_refs(prof:dict)->dict:
+    "{parameter value '@name': dataset name} for every '@' value in the profile's parameters."
+    return {v: v[1:] for params in prof['parameters'].values() for v in params.values() if isinstance(v, str) and v.startswith('@')}
+
+def check_parameters(prof:dict, # a loaded profile
+                     nbs_dir:Path|str|None=None, # where the notebooks are (default nbs/)
+                    )->dict:
+    "The plan `{notebook: parameters it is passed}` of the whole profile; `ValueError` naming every parameter no notebook of it declares."
+    nbs = {p.stem: p for p in chapter_notebooks(nbs_dir, prof['notebooks'] or None)}
+    declared = {n: set(declared_parameters(p)) for n, p in nbs.items()}
+    problems = []
+    for key, params in prof['parameters'].items():
+        if key == '*':
+            if nobody := sorted(set(params) - set().union(*declared.values())):
+                problems.append(f"no notebook it runs declares the '*' parameter(s) {', '.join(nobody)}")
+        elif key not in nbs: problems.append(f"it sets parameters for {key!r}, which it does not run")
+        elif undeclared := sorted(set(params) - declared[key]):
+            problems.append(f"{key} does not declare {', '.join(undeclared)} (it declares {', '.join(sorted(declared[key]))})")
+    if unknown := sorted(n for n in _table_refs(prof).values() if n not in prof['datasets']):
+        problems.append(f"'@{unknown[0]}' names no dataset of the profile (its datasets: {', '.join(prof['datasets']) or 'none'})")
+    if missing := sorted({f['notebook'] for f in (prof['paper'] or {}).get('figures', [])} - set(nbs)):
+        problems.append(f"its paper figures name notebooks it does not run: {', '.join(missing)}")
+    if problems: raise ValueError(f"profile {prof['name']!r}: " + '; '.join(problems))
+    return {n: notebook_parameters(p, prof)[0] for n, p in nbs.items()}
+
 # %% ../nbs/14_reproduce.ipynb #df870e64
 @dataclass
 class NotebookResult:
@@ -216,6 +292,150 @@ def logs_to(path:Path, # the log file (appended to)
             lg.setLevel(level); lg.propagate = propagate
         handlers[0].close()
 
+# %% ../nbs/14_reproduce.ipynb #6fcd0a07
+def flat_records(records:dict # {notebook: {name: value}}, as in summary.json
+                )->dict:
+    "`{notebook: {path: value}}` with every value nested in a dict or list named by its path: `split_sizes.train`, `results[0].qwk`."
+    def walk(name, v, out):
+        if isinstance(v, dict): [walk(f'{name}.{k}', x, out) for k, x in v.items()]
+        elif isinstance(v, list): [walk(f'{name}[{i}]', x, out) for i, x in enumerate(v)]
+        else: out[name] = v
+        return out
+    return {nb: {k: v for name, value in named.items() for k, v in walk(name, value, {}).items()} for nb, named in records.items()}
+
+# %% ../nbs/14_reproduce.ipynb #0838c2ad
+TOLERANCE_FACTOR = 2.0  # a measured tolerance is this many times the spread (max - min) of the runs it was measured on
+_LOWER = re.compile(r'loss|error|mae|mse|brier|deletion|seconds|failures', re.I)
+_HIGHER = re.compile(r'qwk|kappa|accuracy|auc|sensitivity|specificity|f1|precision|recall|dice|iou|pointing|insertion', re.I)
+
+def better_direction(name:str)->str|None:
+    "'higher' or 'lower' when a record's name says which way is better (QWK, accuracy, AUC…; loss, error…), else None."
+    return 'lower' if _LOWER.search(name) else 'higher' if _HIGHER.search(name) else None
+
+def _num(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _spread(values:list)->dict:
+    "Reference value and measured tolerance of one record from its values in several runs."
+    if all(map(_num, values)):
+        ref = float(np.median(values)); ref = int(ref) if all(isinstance(v, int) for v in values) and ref.is_integer() else ref
+        return {'value': ref, 'tolerance': float(f'{TOLERANCE_FACTOR * (max(values) - min(values)):.3g}')}
+    same = all(v == values[0] for v in values)  # strings, booleans: the runs agree, or the record is not checked
+    return {'value': values[-1], 'tolerance': 0 if same else None}
+
+def reference_dir()->Path:
+    "Where references live: `reference/` at the project root (`DRBOOK_REFERENCES` overrides)."
+    return Path(os.environ.get('DRBOOK_REFERENCES') or PROJECT_ROOT/'reference')
+
+def reference_path(profile:str)->Path:
+    "The reference file of a profile (a name, or a YAML path whose stem names it)."
+    return reference_dir()/f'{Path(profile).stem}.json'
+
+# %% ../nbs/14_reproduce.ipynb #daf04087
+def _run_summary(run_dir:Path|str)->dict:
+    "A run's summary.json; a clear error when the folder is not a finished run."
+    p = Path(run_dir)/'summary.json'
+    if not p.is_file(): raise FileNotFoundError(f"{run_dir} is not a finished run folder (no summary.json)")
+    return json.loads(p.read_text(encoding='utf-8'))
+
+def make_reference(runs:list, # run folders of one profile (several: tolerances are measured from their spread)
+                   old:dict|None=None, # the reference they update: its tolerances are kept
+                   measure:bool=False, # measure every tolerance again, the kept ones too
+                  )->dict:
+    "A reference from the records of the notebooks that ran in `runs`: the runs' median and a tolerance measured from their spread."
+    sums = [_run_summary(r) for r in runs]
+    if len(names := {s['profile']['name'] for s in sums}) > 1: raise ValueError(f"the runs are of different profiles: {sorted(names)}")
+    values = {}  # notebook -> record -> values in the runs where the notebook ran
+    for s in sums:
+        ran = {n['notebook'] for n in s['notebooks'] if n['status'] == 'ok'}
+        for nb, named in flat_records(s['records']).items():
+            if nb in ran:
+                for k, v in named.items(): values.setdefault(nb, {}).setdefault(k, []).append(v)
+    old_nbs = (old or {}).get('notebooks', {})
+    nbs = {nb: e for nb, e in old_nbs.items() if nb not in values}  # notebooks these runs did not run stay as they were
+    for nb, named in sorted(values.items()):
+        nbs[nb] = {}
+        for k, vs in named.items():
+            e = {**_spread(vs), 'better': better_direction(k), 'runs': vs}
+            kept = old_nbs.get(nb, {}).get(k)
+            if kept and not measure: e.update({x: kept[x] for x in ('tolerance', 'rtol', 'better', 'note') if x in kept})
+            nbs[nb][k] = e
+    return {'profile': sums[0]['profile']['name'], 'updated': time.strftime('%Y-%m-%d'),
+            'runs': sorted({*(old or {}).get('runs', []), *(Path(s['run_dir']).name for s in sums)}),
+            'rule': f"value: the median of the runs; tolerance: {TOLERANCE_FACTOR:g} x (max - min) of the runs, absolute; "
+                    "null: the runs disagreed on a non-numeric value, which is then not checked",
+            'notebooks': dict(sorted(nbs.items()))}
+
+# %% ../nbs/14_reproduce.ipynb #900d30bb
+FAILING = ('REGRESSION', 'missing')  # statuses that make a run fail
+
+def check_value(value, # the run's value (`None` when the run did not record it)
+                entry:dict, # the reference entry: value, tolerance, optional rtol and better
+               )->str:
+    "ok, improved, REGRESSION, or unchecked (tolerance null) for one record against its reference."
+    ref, tol = entry['value'], entry.get('tolerance', 0)
+    if tol is None: return 'unchecked'
+    if _num(value) and _num(ref):
+        if math.isnan(value) or math.isnan(ref): return 'ok' if math.isnan(value) and math.isnan(ref) else 'REGRESSION'
+        allowed = max(tol, (entry.get('rtol') or 0) * abs(ref)) + 1e-9 * max(1.0, abs(ref))  # float round-off
+        d = value - ref
+        if abs(d) <= allowed: return 'ok'
+        return 'improved' if (d > 0) == (entry.get('better') == 'higher') and entry.get('better') else 'REGRESSION'
+    return 'ok' if value == ref else 'REGRESSION'
+
+def compare_records(records:dict, # {notebook: {name: value}}, as in summary.json
+                    reference:dict, # a reference, as written by make_reference
+                    notebooks:list|None=None, # compare these notebooks only (default: those in either)
+                   )->list:
+    "One row per record: notebook, record, value, reference, tolerance and status (ok, improved, REGRESSION, new, missing, unchecked)."
+    run, ref = flat_records(records), reference.get('notebooks', {})
+    rows = []
+    for nb in (notebooks if notebooks is not None else sorted({*run, *ref})):
+        got, want = run.get(nb, {}), ref.get(nb, {})
+        for k, e in want.items():
+            rows.append({'notebook': nb, 'record': k, 'value': got.get(k), 'reference': e['value'], 'tolerance': e.get('tolerance'),
+                         'status': check_value(got[k], e) if k in got else 'missing'})
+        rows += [{'notebook': nb, 'record': k, 'value': v, 'reference': None, 'tolerance': None, 'status': 'new'}
+                 for k, v in got.items() if k not in want]
+    return rows
+
+# %% ../nbs/14_reproduce.ipynb #88a26e6e
+def _fmt(v)->str:
+    "A record's value, short enough for a table cell."
+    if v is None: return ''
+    if isinstance(v, float): return f'{v:.4g}'
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 60 else s[:57] + '...'
+
+def comparison_counts(rows:list)->list:
+    "Per notebook: how many records were ok, improved, new, unchecked, REGRESSION, missing."
+    order = ['ok', 'improved', 'new', 'unchecked', *FAILING]
+    nbs = list(dict.fromkeys(r['notebook'] for r in rows))
+    return [{'notebook': nb, **{s: sum(r['notebook'] == nb and r['status'] == s for r in rows) for s in order}} for nb in nbs]
+
+def comparison_table(rows:list, # from compare_records
+                     only_notable:bool=False, # leave out the rows that are ok or unchecked
+                    )->list:
+    "The rows as the lines of a markdown table: notebook, record, value, reference, tolerance, status."
+    lines = ['| notebook | record | value | reference | tolerance | status |', '|---|---|---|---|---|---|']
+    return lines + [f"| {r['notebook']} | {r['record']} | {_fmt(r['value'])} | {_fmt(r['reference'])} | "
+                    f"{'any' if r['tolerance'] is None and r['status'] == 'unchecked' else _fmt(r['tolerance'])} | {r['status']} |"
+                    for r in rows if not (only_notable and r['status'] in ('ok', 'unchecked'))]
+
+def counts_table(rows:list)->list:
+    "`comparison_counts` as the lines of a markdown table."
+    counts = comparison_counts(rows)
+    if not counts: return []
+    keys = list(counts[0])
+    return ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)] + ['| ' + ' | '.join(str(c[k]) for k in keys) + ' |' for c in counts]
+
+def paper_rows(prof:dict, # a loaded profile, with its `paper` figures
+               records:dict, # {notebook: {name: value}}
+              )->list:
+    "The source document's reported figures beside the run's values of the same records."
+    run = flat_records(records)
+    return [{'notebook': f['notebook'], 'what': f['what'], 'paper': f['value'], 'record': f['record'],
+             'run': run.get(f['notebook'], {}).get(f['record'])} for f in (prof.get('paper') or {}).get('figures', [])]
+
 # %% ../nbs/14_reproduce.ipynb #5f89d655
 def new_run_dir(profile_name:str, runs_root:Path|str|None=None)->Path:
     "A fresh run folder `runs/<profile>-<date>-<time>` (a suffix keeps it unique)."
@@ -241,13 +461,18 @@ def reproduce(profile:str|dict='sample', # profile name, YAML path, or a loaded 
               log=print, # where the per-chapter lines go
               verbose:bool=False, # show the kernels' output and the libraries' log on the terminal too
               progress:bool|None=None, # a progress bar per chapter (None: when stderr is a terminal)
+              reference:Path|str|None=None, # the reference to compare with (default reference/<profile>.json)
              )->dict:
-    "Run the course's notebooks under `profile`; write and return the run summary."
-    prof = profile if isinstance(profile, dict) else load_profile(profile)
-    if prof['require_gpu']: require_gpu()
+    "Run the course's notebooks under `profile`, compare what they record with the reference; write and return the summary."
+    prof = {**PROFILE_DEFAULTS, **profile} if isinstance(profile, dict) else load_profile(profile)
+    check_parameters(prof, nbs_dir)
     nbs = chapter_notebooks(nbs_dir, only or prof['notebooks'] or None)
     check_table_csv(nbs, prof)
+    if prof['require_gpu']: require_gpu()
+    tables = {n: read_dataset(n, spec, prof['name']) for n, spec in prof['datasets'].items()}  # present and readable, before any work
     run = new_run_dir(prof['name'], runs_root); (run/'notebooks').mkdir()
+    if tables: (run/'tables').mkdir()
+    csvs = {f'@{n}': str(data.save_table(t, run/'tables'/f'{n}.csv')) for n, t in tables.items()}
     if progress is None: progress = sys.stderr.isatty()
     log(f"drbook reproduce: profile {prof['name']!r}, {len(nbs)} notebooks, run folder {run}")
     results, failed = [], False
@@ -255,7 +480,8 @@ def reproduce(profile:str|dict='sample', # profile name, YAML path, or a loaded 
         for nb in nbs:
             res = NotebookResult(nb.stem, output=str(run/'notebooks'/nb.name))
             if failed and not keep_going: res.status = 'skipped'; results.append(res); continue
-            res.parameters, res.unused_parameters = notebook_parameters(nb, prof)
+            used, res.unused_parameters = notebook_parameters(nb, prof)
+            res.parameters = {k: csvs.get(v, v) if isinstance(v, str) else v for k, v in used.items()}
             t0 = time.time()
             res.status, res.error = run_notebook(nb, Path(res.output), res.parameters, run, nb.parent, kernel,
                                                  prof['timeout'], _progress(nb, progress), None if verbose else klog)
@@ -264,29 +490,56 @@ def reproduce(profile:str|dict='sample', # profile name, YAML path, or a loaded 
             note = res.error or ('not passed: ' + ', '.join(res.unused_parameters) if res.unused_parameters else '')
             log(f"  {nb.stem:<24} {res.status:<7} {res.seconds:7.1f} s" + (f"  {note}" if note else ''))
             results.append(res)
-    return write_summary(run, prof, results)
+    return write_summary(run, prof, results, reference)
 
 # %% ../nbs/14_reproduce.ipynb #b3968d8d
-def _fmt(v)->str:
-    "A record's value, short enough for a table cell."
-    if isinstance(v, float): return f'{v:.4g}'
-    s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) <= 60 else s[:57] + '...'
+def _comparison(prof:dict, results:list, recs:dict, reference:Path|str|None)->dict:
+    "The run's records against the reference, for the notebooks that ran."
+    path = Path(reference) if reference else reference_path(prof['name'])
+    if not path.is_file(): return {'reference': None, 'expected_at': str(path), 'rows': [], 'ok': True, 'failing': []}
+    ref = json.loads(path.read_text(encoding='utf-8'))
+    rows = compare_records(recs, ref, [r.notebook for r in results if r.status == 'ok'])
+    failing = [f"{r['notebook']}: {r['record']} ({r['status']}: {_fmt(r['value'])} against {_fmt(r['reference'])} ± {_fmt(r['tolerance'])})"
+               for r in rows if r['status'] in FAILING]
+    return {'reference': str(path), 'rows': rows, 'ok': not failing, 'failing': failing}
 
-def write_summary(run:Path, prof:dict, results:list)->dict:
+def _comparison_md(cmp:dict)->list:
+    "The comparison section of summary.md."
+    if cmp['reference'] is None:
+        return ['', '## Against the reference', '', f"No reference at `{cmp['expected_at']}`: nothing was compared. "
+                "Make one from this run and others like it: `drbook reference --update RUN_DIR [RUN_DIR ...]`."]
+    head = 'every record within its tolerance' if cmp['ok'] else f"**{len(cmp['failing'])} REGRESSION(S) OR MISSING RECORD(S)**"
+    lines = ['', '## Against the reference', '', f"Reference: `{cmp['reference']}`. Result: {head}.", '', *counts_table(cmp['rows'])]
+    if any(r['status'] not in ('ok', 'unchecked') for r in cmp['rows']):
+        lines += ['', 'Records that are not simply ok:', '', *comparison_table(cmp['rows'], only_notable=True)]
+    return lines + ['', '<details><summary>Every record compared</summary>', '', *comparison_table(cmp['rows']), '', '</details>']
+
+def _paper_md(prof:dict, rows:list)->list:
+    "The paper-vs-run section of summary.md."
+    if not rows: return []
+    return ['', "## The source document's figures beside this run", '',
+            f"{prof['paper']['source']}. These are the authors' results on their data and their split, not targets: "
+            "a run on other data, another split or other hardware is not expected to match them.", '',
+            '| notebook | what | authors (their data) | this run | record |', '|---|---|---|---|---|',
+            *[f"| {r['notebook']} | {r['what']} | {_fmt(r['paper'])} | {_fmt(r['run']) if r['run'] is not None else 'not recorded'} | `{r['record']}` |"
+              for r in rows]]
+
+def write_summary(run:Path, prof:dict, results:list, reference:Path|str|None=None)->dict:
     "Write `summary.json` and `summary.md` in `run` and return the summary."
     recs = {}
     for r in read_records(run): recs.setdefault(r['notebook'], {})[r['name']] = r['value']
     ok = all(r.status == 'ok' for r in results)
+    cmp, paper = _comparison(prof, results, recs, reference), paper_rows(prof, recs)
     summary = {'profile': {k: prof[k] for k in ('name', 'description', 'path')}, 'run_dir': str(run), 'ok': ok,
-               'notebooks': [asdict(r) for r in results], 'records': recs,
-               'seconds': round(sum(r.seconds for r in results), 1), 'log': str(run/'reproduce.log')}
+               'passed': ok and cmp['ok'], 'notebooks': [asdict(r) for r in results], 'records': recs, 'comparison': cmp,
+               'paper': paper, 'seconds': round(sum(r.seconds for r in results), 1), 'log': str(run/'reproduce.log')}
     (run/'summary.json').write_text(json.dumps(summary, indent=1), encoding='utf-8')
     lines = [f"# drbook run: profile `{prof['name']}`", '', prof['description'], '',
              f"Run folder: `{run}`. Result: **{'all notebooks ran' if ok else 'FAILED'}** in {summary['seconds']} s. "
              "Kernel output and library messages: `reproduce.log`.", '',
              '| notebook | status | seconds | parameters not passed | note |', '|---|---|---|---|---|']
     lines += [f"| {r.notebook} | {r.status} | {r.seconds} | {', '.join(r.unused_parameters)} | {r.error} |" for r in results]
+    lines += _comparison_md(cmp) + _paper_md(prof, paper)
     for nb, named in recs.items():
         lines += ['', f'## {nb}', '', '| name | value |', '|---|---|'] + [f'| {k} | {_fmt(v)} |' for k, v in named.items()]
     (run/'summary.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
@@ -296,14 +549,26 @@ def write_summary(run:Path, prof:dict, results:list)->dict:
 def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='drbook', description='drbook: the diabetic-retinopathy course and its tools')
     sub = p.add_subparsers(dest='command', required=True)
-    r = sub.add_parser('reproduce', help='run the course under a profile and summarise the results')
+    r = sub.add_parser('reproduce', help='run the course under a profile, summarise and compare with the reference')
     r.add_argument('--profile', default='sample', help='profile name in profiles/ or a YAML path (default: sample)')
     r.add_argument('--only', nargs='+', help='run only these notebooks (names or number prefixes)')
     r.add_argument('--runs', help='folder for run folders (default: runs/)')
     r.add_argument('--nbs', help='folder of the notebooks (default: the project\'s nbs/)')
+    r.add_argument('--reference', help='reference file to compare with (default: reference/<profile>.json)')
     r.add_argument('--keep-going', action='store_true', help='go on with the next notebooks after a failure')
     r.add_argument('--require-gpu', action='store_true', help='fail at once when no GPU is visible')
+    r.add_argument('--check', action='store_true', help='only check the profile (parameters declared, datasets present and '
+                   'readable) and print the plan; runs nothing')
     r.add_argument('--verbose', action='store_true', help="also show the kernels' output and the libraries' log")
+    f = sub.add_parser('reference', help="write a profile's reference (reference/<profile>.json) from runs")
+    f.add_argument('--update', nargs='+', metavar='RUN_DIR', required=True,
+                   help='run folders of one profile; with several, tolerances are measured from their spread')
+    f.add_argument('--measure', action='store_true', help='measure every tolerance again (default: keep those already set)')
+    f.add_argument('--out', help='reference file to write (default: reference/<profile>.json)')
+    c = sub.add_parser('compare', help='compare the records of two runs (RUN_B against RUN_A)')
+    c.add_argument('run_a'); c.add_argument('run_b')
+    c.add_argument('--reference', help="tolerances from this reference (default: the profile's, when it exists; else none)")
+    c.add_argument('--all', action='store_true', help='print every record, not only those that differ')
     q = sub.add_parser('predict', help='grade photographs with a trained model: predictions.csv and report.html',
                        description='Grade fundus photographs with a saved model (preprocessing from the model.json beside it); '
                        'write predictions.csv and report.html (heatmaps) in --out. Not a medical device.')
@@ -346,24 +611,88 @@ def _predict(args)->int:
     if not graded: print('drbook predict: no image could be graded (the report lists why)', file=sys.stderr)
     return 0 if graded else 1
 
+def _check(args)->int:
+    "`drbook reproduce --check`: the profile's parameters and datasets checked, and the plan printed; nothing runs."
+    prof = load_profile(args.profile)
+    plan = check_parameters(prof, args.nbs)
+    check_table_csv(chapter_notebooks(args.nbs, list(plan)), prof)
+    print(f"drbook reproduce --check: profile {prof['name']!r}: {prof['description']}")
+    if prof['expected_time']: print(f"  expected time: {prof['expected_time']}")
+    for n, spec in prof['datasets'].items():
+        t = read_dataset(n, spec, prof['name'])
+        print(f"  dataset {n!r}: {len(t)} rows read from {dataset_root(spec)} with drbook.data.{DATASET_READERS[spec['reader']]}")
+    chosen = set(p.stem for p in chapter_notebooks(args.nbs, args.only or prof['notebooks'] or None))
+    for nb, params in plan.items():
+        if nb in chosen: print(f"  {nb:<24} " + (', '.join(f'{k}={v!r}' for k, v in params.items()) or '(its defaults)'))
+    if prof['require_gpu'] or args.require_gpu:
+        with quiet_native_stderr():
+            import tensorflow as tf; gpus = tf.config.list_physical_devices('GPU')
+        print(f"  GPU: {len(gpus)} visible" if gpus else "  GPU: none visible; this profile needs one, so a run would stop at once")
+    ref = Path(args.reference) if args.reference else reference_path(prof['name'])
+    print(f"  reference: {ref}" if ref.is_file() else f"  reference: none yet ({ref}); the run's records will not be compared")
+    print('drbook reproduce --check: the profile is ready to run')
+    return 0
+
+def _print_comparison(rows:list, show_all:bool=False):
+    "The per-notebook counts, then the records that are not simply ok (every record with `show_all`)."
+    print('\n'.join(counts_table(rows)))
+    if show_all or any(r['status'] not in ('ok', 'unchecked') for r in rows):
+        print('\n' + '\n'.join(comparison_table(rows, only_notable=not show_all)))
+
+def _reference(args)->int:
+    "`drbook reference --update RUN_DIR...`: write the profile's reference from the runs."
+    name = _run_summary(args.update[0])['profile']['name']
+    out = Path(args.out) if args.out else reference_path(name)
+    old = json.loads(out.read_text(encoding='utf-8')) if out.is_file() else None
+    ref = make_reference(args.update, old, measure=args.measure)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(ref, indent=1) + '\n', encoding='utf-8'))
+    n = sum(map(len, ref['notebooks'].values()))
+    print(f"drbook reference: {out}: {n} records of {len(ref['notebooks'])} notebooks, from {len(args.update)} run(s)")
+    if len(args.update) < 2 and (old is None or args.measure):
+        print('drbook reference: one run measures no spread, so new numeric records get tolerance 0; '
+              'give two or more runs to measure tolerances', file=sys.stderr)
+    return 0
+
+def _compare(args)->int:
+    "`drbook compare RUN_A RUN_B`: RUN_B's records against RUN_A's, with the profile reference's tolerances."
+    a, b = _run_summary(args.run_a), _run_summary(args.run_b)
+    path = Path(args.reference) if args.reference else reference_path(a['profile']['name'])
+    tols = json.loads(path.read_text(encoding='utf-8'))['notebooks'] if path.is_file() else {}
+    base = {'notebooks': {nb: {k: {'value': v, 'tolerance': 0, 'better': better_direction(k),
+                                   **{x: tols.get(nb, {}).get(k, {})[x] for x in ('tolerance', 'rtol', 'better')
+                                      if x in tols.get(nb, {}).get(k, {})}}
+                               for k, v in named.items()} for nb, named in flat_records(a['records']).items()}}
+    rows = compare_records(b['records'], base)
+    print(f"drbook compare: {args.run_b} against {args.run_a}; tolerances: {path if tols else 'none (any difference shows)'}")
+    _print_comparison(rows, args.all)
+    return 1 if any(r['status'] in FAILING for r in rows) else 0
+
 def main(argv:list|None=None)->int:
     "Entry point of the `drbook` command."
     args = _parser().parse_args(argv)
     if args.command == 'profiles':
-        for n in list_profiles(): print(f"{n:<12} {load_profile(n)['description']}")
+        for n in list_profiles(): print(f"{n:<20} {load_profile(n)['description']}")
         return 0
     if args.command == 'records': return _records(args.run_dir)
     if args.command == 'predict': return _predict(args)
     try:
+        if args.command == 'reference': return _reference(args)
+        if args.command == 'compare': return _compare(args)
         if args.require_gpu: require_gpu()
+        if args.check: return _check(args)
         s = reproduce(args.profile, only=args.only, runs_root=args.runs, nbs_dir=args.nbs, keep_going=args.keep_going,
-                      verbose=args.verbose)
+                      verbose=args.verbose, reference=args.reference)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f'drbook reproduce: {e}', file=sys.stderr); return 2
-    run = Path(s['run_dir'])
+        print(f'drbook {args.command}: {e}', file=sys.stderr); return 2
+    run, cmp = Path(s['run_dir']), s['comparison']
+    if cmp['reference']:
+        print(f"\nAgainst the reference {cmp['reference']}:"); _print_comparison(cmp['rows'])
+    else: print(f"\nNo reference at {cmp['expected_at']}: nothing compared (drbook reference --update {run})")
     print(f"\nExecuted notebooks: {run/'notebooks'}\nSummary: {run/'summary.md'} (and summary.json); log: {s['log']}")
     if not s['ok']: print('drbook reproduce: FAILED (see the summary)', file=sys.stderr)
+    for f in cmp['failing']: print(f'drbook reproduce: {f}', file=sys.stderr)
     if argv is None and not args.verbose:  # the command: what asyncio reports while Python exits goes to the log too
         logging.getLogger('asyncio').addHandler(logging.FileHandler(s['log'], encoding='utf-8'))
         logging.getLogger('asyncio').propagate = False
-    return 0 if s['ok'] else 1
+    return 0 if s['passed'] else 1

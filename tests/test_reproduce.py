@@ -23,7 +23,7 @@ def course(tmp_path):
     tiny_nb(nbs/'00_first.ipynb', "from drbook.core import record\nrecord('qwk', 0.25 * k)", params="k = 1  # the run's factor, quoted 'like this'")
     tiny_nb(nbs/'01_second.ipynb', "from drbook.core import record\nrecord('rows', [1, 2])")
     prof = tmp_path/'p.yaml'
-    prof.write_text("description: test\nparameters:\n  00_first: {k: 2, typo: 1}\n")
+    prof.write_text("description: test\nparameters:\n  00_first: {k: 2}\n")
     return tmp_path, nbs, prof
 
 def test_run_collects_records_and_summary(course):
@@ -33,9 +33,19 @@ def test_run_collects_records_and_summary(course):
     run = next((tmp/'runs').iterdir())
     s = json.loads((run/'summary.json').read_text())
     assert s['ok'] and s['records'] == {'00_first': {'qwk': 0.5}, '01_second': {'rows': [1, 2]}}
-    assert s['notebooks'][0]['parameters'] == {'k': 2} and s['notebooks'][0]['unused_parameters'] == ['typo']
-    assert (run/'notebooks'/'00_first.ipynb').exists() and 'typo' in (run/'summary.md').read_text()
-    assert 'Summary:' in r.stdout
+    assert s['notebooks'][0]['parameters'] == {'k': 2} and s['notebooks'][0]['unused_parameters'] == []
+    assert (run/'notebooks'/'00_first.ipynb').exists() and '| 00_first | ok |' in (run/'summary.md').read_text()
+    assert 'Summary:' in r.stdout and 'No reference at' in r.stdout and s['comparison']['reference'] is None
+
+def test_a_parameter_no_notebook_declares_stops_the_run_before_it_starts(course):
+    tmp, nbs, prof = course
+    for params, named in [("00_first: {k: 2, typo: 1}", '00_first does not declare typo'),
+                          ("'*': {k: 2, epochz: 1}", "'*' parameter(s) epochz"),
+                          ("09_absent: {k: 2}", "'09_absent', which it does not run")]:
+        prof.write_text(f"description: test\nparameters:\n  {params}\n")
+        r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs'))
+        assert r.returncode == 2 and named in r.stderr, (params, r.stderr)
+    assert not (tmp/'runs').exists()
 
 @pytest.mark.slow  # runs notebooks in kernels: a few seconds
 def test_failure_names_notebook_and_cell_and_exits_nonzero(course):
@@ -59,15 +69,15 @@ def test_bad_profile_is_a_clear_error(tmp_path):
 @pytest.mark.slow  # runs notebooks in kernels: a few seconds
 def test_star_keys_not_declared_are_listed_per_notebook(course):
     tmp, nbs, prof = course
-    prof.write_text("description: test\nparameters:\n  '*': {k: 5, epochs: 1}\n  00_first: {k: 2, typo: 1}\n")
+    prof.write_text("description: test\nparameters:\n  '*': {k: 5}\n  00_first: {k: 2}\n")
     r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs'))
     assert r.returncode == 0, r.stderr
     run = next((tmp/'runs').iterdir())
     nb = {n['notebook']: n for n in json.loads((run/'summary.json').read_text())['notebooks']}
-    assert nb['00_first']['parameters'] == {'k': 2} and nb['00_first']['unused_parameters'] == ['epochs', 'typo']
-    assert nb['01_second']['parameters'] == {} and nb['01_second']['unused_parameters'] == ['epochs', 'k']
-    assert 'not passed: epochs, k' in r.stdout
-    assert '| 01_second | ok |' in (run/'summary.md').read_text() and 'epochs, k' in (run/'summary.md').read_text()
+    assert nb['00_first']['parameters'] == {'k': 2} and nb['00_first']['unused_parameters'] == []
+    assert nb['01_second']['parameters'] == {} and nb['01_second']['unused_parameters'] == ['k']
+    assert 'not passed: k' in r.stdout
+    assert '| 01_second | ok | ' in (run/'summary.md').read_text() and '| k |' in (run/'summary.md').read_text()
 
 def test_refuses_a_table_that_a_chapter_reading_images_would_not_take(course):
     tmp, nbs, prof = course
@@ -140,3 +150,97 @@ def test_a_table_in_the_profile_reaches_every_chapter_that_reads_images(idrid_ro
         n = next(n for n in s['notebooks'] if n['notebook'] == nb)
         assert n['parameters'].get('table_csv') == str(csv) and 'table_csv' not in n['unused_parameters'], n
         assert s['records'].get(nb, {}).get('n_images') == graded, (nb, s['records'].get(nb), graded)
+
+# --- references, comparison, real-data profiles (issue 12) ---
+
+def _run_dirs(root): return sorted(p for p in Path(root).iterdir() if p.is_dir())
+
+@pytest.mark.slow  # four tiny runs in kernels: about 20 s
+def test_a_reference_value_edited_beyond_its_tolerance_fails_the_run_naming_the_record(course):
+    tmp, nbs, prof = course
+    for _ in range(2): assert drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs')).returncode == 0
+    ref = tmp/'ref.json'
+    r = drbook('reference', '--update', *map(str, _run_dirs(tmp/'runs')), '--out', str(ref))
+    assert r.returncode == 0 and '3 records of 2 notebooks, from 2 run(s)' in r.stdout, (r.stdout, r.stderr)
+    data = json.loads(ref.read_text())
+    assert data['notebooks']['00_first']['qwk'] == {'value': 0.5, 'tolerance': 0.0, 'better': 'higher', 'runs': [0.5, 0.5]}
+    r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs2'), '--reference', str(ref))
+    assert r.returncode == 0, r.stderr
+    assert 'Against the reference' in r.stdout and '| 00_first | 1 | 0 |' in r.stdout  # the per-notebook table: 1 ok
+    data['notebooks']['00_first']['qwk'].update(value=0.7, tolerance=0.1)  # 0.5 is now 0.2 below: beyond 0.1
+    data['notebooks']['01_second']['rows[2]'] = {'value': 3, 'tolerance': 0}  # a record the run does not make
+    ref.write_text(json.dumps(data))
+    r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs3'), '--reference', str(ref))
+    assert r.returncode == 1
+    assert '00_first: qwk (REGRESSION: 0.5 against 0.7 ± 0.1)' in r.stderr and '01_second: rows[2] (missing' in r.stderr, r.stderr
+    s = json.loads((_run_dirs(tmp/'runs3')[0]/'summary.json').read_text())
+    assert s['ok'] and not s['passed'] and len(s['comparison']['failing']) == 2
+    md = (_run_dirs(tmp/'runs3')[0]/'summary.md').read_text()
+    assert '| 00_first | qwk | 0.5 | 0.7 | 0.1 | REGRESSION |' in md and '| 01_second | rows[2] |  | 3 | 0 | missing |' in md
+
+@pytest.mark.slow  # three tiny runs in kernels: about 15 s
+def test_compare_two_runs_prints_the_table_and_fails_on_a_regression(course):
+    tmp, nbs, prof = course
+    for k in (2, 1, 3):  # qwk 0.5, then 0.25 (worse), then 0.75 (better)
+        prof.write_text(f"description: test\nparameters:\n  00_first: {{k: {k}}}\n")
+        assert drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs')).returncode == 0
+    a, worse, better = map(str, _run_dirs(tmp/'runs'))
+    r = drbook('compare', a, worse)
+    assert r.returncode == 1 and '| 00_first | qwk | 0.25 | 0.5 | 0 | REGRESSION |' in r.stdout, r.stdout
+    r = drbook('compare', a, better)
+    assert r.returncode == 0 and '| 00_first | qwk | 0.75 | 0.5 | 0 | improved |' in r.stdout, r.stdout
+    r = drbook('compare', a, a, '--all')
+    assert r.returncode == 0 and '| 01_second | rows[1] | 2 | 2 | 0 | ok |' in r.stdout
+    assert drbook('compare', a, str(tmp)).returncode == 2  # not a run folder
+
+def test_every_profile_sets_only_declared_parameters():
+    from drbook.reproduce import check_parameters, list_profiles, load_profile
+    names = list_profiles()
+    assert {'sample', 'idrid-mini', 's1-aptos2019', 's2-resnet-finetune', 's3-eyepacs2015', 's4-multilabel'} <= set(names), names
+    for n in names:
+        prof = load_profile(n)
+        plan = check_parameters(prof)
+        assert plan, n
+        if n != 'sample': assert prof['require_gpu'] or n == 'idrid-mini', n
+        if n.startswith('s') and n != 'sample':
+            assert prof['datasets'] and prof['expected_time'] and prof['paper']['figures'], n  # the seeds' profiles
+
+def test_check_names_the_missing_dataset_folder_at_once(tmp_path):
+    env_data = tmp_path/'no-data-here'
+    r = subprocess.run([str(Path(sys.executable).parent/'drbook'), 'reproduce', '--check', '--profile', 's1-aptos2019'],
+                       capture_output=True, text=True, env={**__import__('os').environ, 'DRBOOK_DATA': str(env_data)})
+    assert r.returncode == 2 and str(env_data/'aptos2019') in r.stderr and 'does not exist' in r.stderr, r.stderr
+    assert "dataset 'aptos'" in r.stderr
+
+@pytest.mark.slow  # imports TensorFlow to look for a GPU: a few seconds
+def test_require_gpu_fails_at_once_on_a_cpu_machine(tmp_path):
+    import tensorflow as tf
+    if tf.config.list_physical_devices('GPU'): pytest.skip('this machine has a GPU')
+    r = drbook('reproduce', '--profile', 's1-aptos2019', '--require-gpu', '--runs', str(tmp_path/'runs'))
+    assert r.returncode == 2 and 'needs a GPU' in r.stderr and not (tmp_path/'runs').exists()
+
+def test_check_reads_the_datasets_and_prints_the_plan(idrid_root):
+    r = drbook('reproduce', '--check', '--profile', 'idrid-mini')
+    assert r.returncode == 0, r.stderr
+    assert "dataset 'grading': 40 rows read" in r.stdout and '07_scratch_cnn' in r.stdout and "table_csv='@grading'" in r.stdout
+
+def test_the_sample_reference_covers_every_chapter_with_measured_tolerances():
+    ref = json.loads((ROOT/'reference'/'sample.json').read_text())
+    from drbook.reproduce import chapter_notebooks
+    recording = {p.stem for p in chapter_notebooks() if "record(" in p.read_text()}
+    assert recording <= set(ref['notebooks']), recording - set(ref['notebooks'])
+    for nb, entries in ref['notebooks'].items():
+        for k, e in entries.items():
+            assert len(e['runs']) >= 3, (nb, k)  # every tolerance measured on three runs or more
+            if e['tolerance'] is not None and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in e['runs']):
+                assert e['tolerance'] >= max(e['runs']) - min(e['runs']), (nb, k)
+
+@pytest.mark.slow  # the real-data profile: data, preprocessing, scratch CNN, Grad-CAM and lesion chapters on IDRiD (minutes)
+def test_the_idrid_mini_profile_runs_real_photographs_through_the_course_and_matches_its_reference(idrid_root, tmp_path):
+    r = drbook('reproduce', '--profile', 'idrid-mini', '--runs', str(tmp_path/'runs'))
+    run = _run_dirs(tmp_path/'runs')[0]
+    s = json.loads((run/'summary.json').read_text())
+    assert r.returncode == 0, (r.stdout, r.stderr, [(n['notebook'], n['error']) for n in s['notebooks']])
+    assert s['passed'] and s['comparison']['reference'] and len(s['comparison']['rows']) > 20
+    assert all(n['status'] == 'ok' for n in s['notebooks'])
+    assert s['records']['07_scratch_cnn']['n_images'] == 40  # IDRiD's graded photographs, not the synthetic samples
