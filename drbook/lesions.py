@@ -14,6 +14,7 @@ from .core import LESIONS, MULTILABEL
 from .tasks import lesion_labels
 from .metrics import fit_label_thresholds, save_thresholds, multilabel_metrics
 from .scratch import build_scratch_cnn
+from .train import strategy_scope
 from .transfer import build_model, conv_head
 from .gradcam import gradcam, guided_gradcam
 from .cam_checks import lesion_masks, localisation_table, mask_iou, baseline_maps, check_maps
@@ -79,9 +80,10 @@ def lesion_model(backbone:str='scratch', # 'scratch' (chapter 07's sample CNN) o
                  cut:str='pool3', # 'scratch' only: the sample CNN's layer the head goes on
                 )->keras.Model:
     "S4's multi-label model: backbone feature maps → three convolutions → five sigmoids (`multilabel`), logits kept."
-    if backbone != 'scratch': return build_model(backbone, 'multilabel', image_size, head='s4_conv', weights=weights)
-    base = build_scratch_cnn('sample', image_size, 'multilabel')
-    return keras.Model(base.input, conv_head(base.get_layer(cut).output, 'multilabel'), name='scratch_s4_conv')
+    with strategy_scope():  # every variable, the head's too, under the strategy that trains them (several GPUs)
+        if backbone != 'scratch': return build_model(backbone, 'multilabel', image_size, head='s4_conv', weights=weights)
+        base = build_scratch_cnn('sample', image_size, 'multilabel')
+        return keras.Model(base.input, conv_head(base.get_layer(cut).output, 'multilabel'), name='scratch_s4_conv')
 
 # %% ../nbs/13_lesions.ipynb #328a122f
 def fit_thresholds(y:dict, # {split: 0/1 label matrix (n, 5)}: needs 'val'

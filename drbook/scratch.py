@@ -6,7 +6,7 @@
 from __future__ import annotations
 from dataclasses import dataclass
 import keras
-from .core import get_strategy
+from .train import strategy_scope
 from .tasks import output_layer
 
 # %% auto #0
@@ -72,7 +72,7 @@ def build_scratch_cnn(config:ScratchConfig|str='exp1', # a configuration or its 
     c = _config(config)
     if feature_map_sizes(c, image_size)[-1] < 1:
         raise ValueError(f"{c.name} needs images of at least {min_image_size(c)} px (got {image_size}): its feature maps vanish")
-    with get_strategy().scope():
+    with strategy_scope():  # variables created under the strategy that trains them (several GPUs)
         inputs = keras.Input((image_size, image_size, 3), name='image')
         x = augmentation(inputs) if augmentation is not None else inputs
         x = keras.layers.Rescaling(1 / 255, name='rescaling')(x)
