@@ -9,10 +9,11 @@ WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install test test-fast reproduce book check-sync nbtest pytest readme bench constraints clean
+.PHONY: help install test test-fast reproduce reference book check-sync nbtest pytest readme bench constraints clean
 
 help:
-	@echo "make reproduce   run the whole course on data_samples/ (profile $(PROFILE)) and print the summary"
+	@echo "make reproduce   run the whole course on data_samples/ (profile $(PROFILE)), compare it with reference/$(PROFILE).json"
+	@echo "make reference   RUNS='runs/a runs/b runs/c': write reference/<profile>.json from runs, tolerances from their spread"
 	@echo "make test        the full gate: clean notebooks, library in sync, README in sync, nbdev_test, pytest"
 	@echo "make test-fast   the inner loop: pytest without the tests marked slow (under 2 minutes)"
 	@echo "make book        the course as an HTML book from the latest complete run (RUN=runs/... for another) in _book/"
@@ -49,6 +50,10 @@ test-fast: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/drbook reproduce --profile $(PROFILE)
+
+reference: $(STAMP)
+	@test -n "$(RUNS)" || { echo "make reference RUNS='runs/<profile>-A runs/<profile>-B runs/<profile>-C' (three runs or more measure the tolerances)"; exit 2; }
+	$(BIN)/drbook reference --update $(RUNS)
 
 # The book shows a run's executed notebooks (never runs them again); with no complete run, it makes one first.
 book: $(STAMP)

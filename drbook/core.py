@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb #a1a8b3d0
 from __future__ import annotations
 import json, os, random, sys, time, tempfile, warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
 import joblib
@@ -17,7 +17,7 @@ except ImportError: fcntl = None
 __all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'PROJECT_ROOT', 'IDLE_WORKERS_S', 'grade_name',
            'data_dir', 'cache_dir', 'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'file_lock',
            'quiet_native_stderr', 'default_workers', 'imap_chunked', 'seed_everything', 'device_report', 'get_strategy',
-           'require_gpu', 'record', 'read_records', 'latest_records']
+           'strategy_scope', 'require_gpu', 'record', 'read_records', 'latest_records']
 
 # %% ../nbs/00_core.ipynb #b2df90bb
 GRADES = {0: 'No DR', 1: 'Mild NPDR', 2: 'Moderate NPDR', 3: 'Severe NPDR', 4: 'Proliferative DR'}
@@ -173,11 +173,18 @@ def device_report()->dict:
             'cpu': platform.processor() or platform.machine(), 'cpu_count': os.cpu_count(), 'gpus': names}
 
 # %% ../nbs/00_core.ipynb #fce464fd
+_STRATEGY = []  # the process's MirroredStrategy, made once
+
 def get_strategy():
-    "A `MirroredStrategy` over all GPUs when there are several, else TensorFlow's default strategy."
+    "The process's `MirroredStrategy` over all GPUs when there are several (made once), else TensorFlow's current strategy."
     import tensorflow as tf
-    gpus = tf.config.list_physical_devices('GPU')
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if not _STRATEGY and len(tf.config.list_physical_devices('GPU')) > 1: _STRATEGY.append(tf.distribute.MirroredStrategy())
+    return _STRATEGY[0] if _STRATEGY else tf.distribute.get_strategy()
+
+def strategy_scope():
+    "The scope to build models in: `get_strategy()`'s, or nothing when a strategy's scope is already open."
+    import tensorflow as tf
+    return nullcontext() if tf.distribute.has_strategy() else get_strategy().scope()
 
 def require_gpu():
     "Raise a clear error when TensorFlow sees no GPU (for the real-data profiles)."

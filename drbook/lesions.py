@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 import keras
 import matplotlib.pyplot as plt
-from .core import LESIONS, MULTILABEL
+from .core import LESIONS, MULTILABEL, strategy_scope
 from .tasks import lesion_labels
 from .metrics import fit_label_thresholds, save_thresholds, multilabel_metrics
 from .scratch import build_scratch_cnn
-from .train import strategy_scope
 from .transfer import build_model, conv_head
 from .gradcam import gradcam, guided_gradcam
 from .cam_checks import lesion_masks, localisation_table, mask_iou, baseline_maps, check_maps

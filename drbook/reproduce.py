@@ -306,6 +306,7 @@ def flat_records(records:dict # {notebook: {name: value}}, as in summary.json
 # %% ../nbs/14_reproduce.ipynb #0838c2ad
 TOLERANCE_FACTOR = 2.0  # a measured tolerance is this many times the spread (max - min) of the runs it was measured on
 _LOWER = re.compile(r'loss|error|mae|mse|brier|deletion|seconds|failures', re.I)
+_TIMING = re.compile(r'run_time|seconds|_ms_per|_ms$|_s$')  # timings: they follow the machine and its load, not the code
 _HIGHER = re.compile(r'qwk|kappa|accuracy|auc|sensitivity|specificity|f1|precision|recall|dice|iou|pointing|insertion', re.I)
 
 def better_direction(name:str)->str|None:
@@ -356,13 +357,14 @@ def make_reference(runs:list, # run folders of one profile (several: tolerances 
         nbs[nb] = {}
         for k, vs in named.items():
             e = {**_spread(vs), 'better': better_direction(k), 'runs': vs}
+            if _TIMING.search(k): e.update(tolerance=None, note='a timing: it follows the machine and its load, so it is not checked')
             kept = old_nbs.get(nb, {}).get(k)
             if kept and not measure: e.update({x: kept[x] for x in ('tolerance', 'rtol', 'better', 'note') if x in kept})
             nbs[nb][k] = e
     return {'profile': sums[0]['profile']['name'], 'updated': time.strftime('%Y-%m-%d'),
             'runs': sorted({*(old or {}).get('runs', []), *(Path(s['run_dir']).name for s in sums)}),
             'rule': f"value: the median of the runs; tolerance: {TOLERANCE_FACTOR:g} x (max - min) of the runs, absolute; "
-                    "null: the runs disagreed on a non-numeric value, which is then not checked",
+                    "null: not checked (a timing, or a non-numeric value the runs disagreed on)",
             'notebooks': dict(sorted(nbs.items()))}
 
 # %% ../nbs/14_reproduce.ipynb #900d30bb

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from dataclasses import dataclass
 import keras
-from .train import strategy_scope
+from .core import strategy_scope
 from .tasks import output_layer
 
 # %% auto #0

@@ -5,7 +5,6 @@
 # %% ../nbs/06_training.ipynb #7f775779
 from __future__ import annotations
 import csv, json, math, warnings
-from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
 import keras
@@ -16,9 +15,8 @@ from .preprocess import get_recipe
 from .tasks import check_cutpoints, check_thresholds, get_task, keras_metrics, keras_objects, loss_for, target_grades
 
 # %% auto #0
-__all__ = ['MODEL_META_FORMAT', 'use_mixed_precision', 'check_model_task', 'shared_strategy', 'strategy_scope', 'compile_for',
-           'save_model', 'load_model', 'meta_path', 'save_model_meta', 'load_model_meta', 'BestCheckpoint',
-           'ResumeCheckpoint', 'fit', 'predict']
+__all__ = ['MODEL_META_FORMAT', 'use_mixed_precision', 'check_model_task', 'compile_for', 'save_model', 'load_model', 'meta_path',
+           'save_model_meta', 'load_model_meta', 'BestCheckpoint', 'ResumeCheckpoint', 'fit', 'predict']
 
 # %% ../nbs/06_training.ipynb #ebf4c6f4
 def use_mixed_precision(enable:bool|None=None # True/False forces it; None: only when a GPU is visible
@@ -49,19 +47,6 @@ def check_model_task(model:keras.Model, # a Keras model
         raise ValueError(f"model {model.name!r} ends in {act!r} but task {t.name!r} needs {t.activation!r}")
 
 # %% ../nbs/06_training.ipynb #c17a085f
-_SHARED = []  # the process's MirroredStrategy, once made
-
-def shared_strategy():
-    "`drbook.core.get_strategy()`, made once per process when it spans several devices (separate ones clash in their all-reduce)."
-    if _SHARED: return _SHARED[0]
-    strategy = get_strategy()
-    if strategy.num_replicas_in_sync > 1 and not tf.distribute.has_strategy(): _SHARED.append(strategy)  # not a caller's own
-    return strategy
-
-def strategy_scope():
-    "The scope of `shared_strategy()` to build models in; nothing when a strategy's scope is already open."
-    return nullcontext() if tf.distribute.has_strategy() else shared_strategy().scope()
-
 def compile_for(model:keras.Model, # a model ending in `drbook.tasks.output_layer(x, task)`
                 task:str, # a key of drbook.tasks.TASKS
                 optimizer='adam', # 'adam', 'sgd' (with `momentum`) or a keras optimiser instance
@@ -72,15 +57,10 @@ def compile_for(model:keras.Model, # a model ending in `drbook.tasks.output_laye
                )->keras.Model:
     "Compile `model` with the loss, optimiser and metrics for `task`, under the distribution strategy it was built in."
     check_model_task(model, task)
-    strategy = getattr(model, '_distribute_strategy', None)  # Keras 3 (TensorFlow): the strategy the model was built in
-    if strategy is None:
-        strategy = shared_strategy()
-        if strategy.num_replicas_in_sync > 1:  # its variables live on one device: MirroredStrategy cannot train it
-            if tf.distribute.has_strategy(): raise ValueError(f"model {model.name!r} was built outside the distribution strategy's "
-                                                              "scope: build it inside `with drbook.train.strategy_scope():`")
-            warnings.warn(f"model {model.name!r} was built outside drbook's distribution strategy: it trains on one device, not "
-                          f"{strategy.num_replicas_in_sync}; build it inside `with drbook.train.strategy_scope():`")
-            strategy = tf.distribute.get_strategy()  # the default strategy: one device
+    strategy = model.distribute_strategy  # Keras: the strategy the model was built under (else the one in scope)
+    if strategy.num_replicas_in_sync < (n := get_strategy().num_replicas_in_sync):  # its variables live on one device
+        warnings.warn(f"model {model.name!r} was built outside drbook's distribution strategy, so it trains on one device, "
+                      f"not {n}: build it inside `with drbook.core.strategy_scope():`")
     with strategy.scope():
         model.compile(optimizer=_optimizer(optimizer, learning_rate, momentum), loss=loss_for(task, pos_weight, loss),
                       metrics=keras_metrics(task))
