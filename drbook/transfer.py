@@ -4,17 +4,19 @@
 
 # %% ../nbs/08_transfer_learning.ipynb #930dbd24
 from __future__ import annotations
-import os, re
+import hashlib, os, re
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import keras
+from .core import PROJECT_ROOT
 from .tasks import output_layer
 
 # %% auto #0
-__all__ = ['BACKBONES', 'HEADS', 'Backbone', 'get_backbone', 'PreprocessInput', 'resolve_weights', 'weights_used',
-           'keras_weights_path', 'dense_head', 'conv_head', 'add_head', 'build_model', 'backbone_of', 'backbone_layers',
-           'head_layers', 'block_labels', 'block_names', 'conv_output_model', 'feature_model', 'head_model',
+__all__ = ['BACKBONES', 'PRETRAINED', 'HEADS', 'Backbone', 'get_backbone', 'PreprocessInput', 'Pretrained', 'pretrained_dir',
+           'pretrained_file', 'resolve_weights', 'weights_used', 'keras_weights_path', 'dense_head', 'conv_head',
+           'add_head', 'build_model', 'backbone_of', 'backbone_layers', 'head_layers', 'backbone_arrays',
+           'load_pretrained', 'block_labels', 'block_names', 'conv_output_model', 'feature_model', 'head_model',
            'calibrate_batchnorm']
 
 # %% ../nbs/08_transfer_learning.ipynb #c3389c92
@@ -30,15 +32,19 @@ class Backbone:
     weights_file: str  # file name of its headless ImageNet weights in Keras's cache (~/.keras/models)
     blocks: str  # regex whose (first matching) group names the block of a layer (see `mode`)
     mode: str = 'prefix'  # 'prefix': a match starts a block; 'ends': a match ends one
+    arch: str = ''  # the keras.applications constructor when `name` is a variant of it ('' = `name`)
+    alpha: float = 1.0  # width multiplier of the variant (MobileNetV2's `alpha`)
 
-    @property
-    def constructor(self): return getattr(keras.applications, self.name)
+    def constructor(self, **kwargs):
+        "Call the keras.applications constructor (with the variant's width multiplier)."
+        return getattr(keras.applications, self.arch or self.name)(**({'alpha': self.alpha} if self.alpha != 1 else {}), **kwargs)
     def preprocess_input(self, x): return getattr(keras.applications, self.module).preprocess_input(x)
 
 # %% ../nbs/08_transfer_learning.ipynb #4cdae7c7
 _RESNET = dict(module='resnet', default_size=224, min_size=32, last_conv='conv5_block3_out', output='conv5_block3_out',
                blocks=r'^(conv1|conv\d_block\d+)_')
 _EFFNET_SIZES = (224, 240, 260, 300, 380)  # B0–B4 ImageNet input sizes
+_MNV2_BLOCKS = r'^(expanded_conv|block_\d+|Conv_1)(?:_|$)'
 _IRV2_BLOCKS = r'^(mixed_5b|mixed_6a|mixed_7a)$|^(block35_\d+|block17_\d+|block8_\d+|conv_7b)_ac$|^(block8_10)_conv$'
 BACKBONES = {b.name: b for b in [
     Backbone('VGG16', 'vgg16', 224, 32, 'block5_conv3', 'block5_pool',
@@ -50,7 +56,9 @@ BACKBONES = {b.name: b for b in [
     Backbone('InceptionResNetV2', 'inception_resnet_v2', 299, 75, 'conv_7b_ac', 'conv_7b_ac',
              'inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5', _IRV2_BLOCKS, 'ends'),
     Backbone('MobileNetV2', 'mobilenet_v2', 224, 32, 'out_relu', 'out_relu',
-             'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5', r'^(expanded_conv|block_\d+|Conv_1)(?:_|$)'),
+             'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5', _MNV2_BLOCKS),
+    Backbone('MobileNetV2_035', 'mobilenet_v2', 224, 32, 'out_relu', 'out_relu',  # 0.35 × the filters: 0.4 M parameters
+             'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_{size}_no_top.h5', _MNV2_BLOCKS, arch='MobileNetV2', alpha=0.35),
     *[Backbone(f'EfficientNetB{i}', 'efficientnet', s, 32, 'top_activation', 'top_activation',
                f'efficientnetb{i}_notop.h5', r'^(stem|block\d[a-z]|top)_') for i, s in enumerate(_EFFNET_SIZES)],
 ]}
@@ -76,18 +84,50 @@ class PreprocessInput(keras.layers.Layer):
     def get_config(self): return {**super().get_config(), 'backbone': self.backbone}
 
 # %% ../nbs/08_transfer_learning.ipynb #ab17ee96
-def resolve_weights(weights:str|Path|None # 'imagenet', a weights file path, or None / 'none'
+@dataclass(frozen=True)
+class Pretrained:
+    "A backbone pretrained by drbook (`tools/pretrain_backbone.py`) and shipped in `pretrained_dir()`."
+    backbone: str  # the key of BACKBONES it fits
+    file: str  # its file in pretrained_dir(): one array per '<layer name>/<index>' (numpy .npz)
+    about: str  # what it was trained on
+
+PRETRAINED = {'drbook-synthetic': Pretrained('MobileNetV2_035', 'drbook-synthetic_mobilenetv2_035.npz',
+                                             'lesion presence (MA, HE, EX, SE, NV) on synthetic fundus images')}
+
+def pretrained_dir()->Path:
+    "The folder of drbook's pretrained backbones (`DRBOOK_PRETRAINED`, default `pretrained/` at the project root)."
+    return Path(os.environ.get('DRBOOK_PRETRAINED') or PROJECT_ROOT/'pretrained').expanduser()
+
+# %% ../nbs/08_transfer_learning.ipynb #a1f40001
+def pretrained_file(name:str='drbook-synthetic', # a key of PRETRAINED
+                   )->Path:
+    "The file of pretrained backbone `name`, after checking its sha256 against `MANIFEST.sha256` beside it."
+    p = pretrained_dir()/PRETRAINED[name].file
+    if not p.is_file(): raise FileNotFoundError(f"pretrained weights {p} are missing: restore them from git or rebuild them "
+                                                "with `python tools/pretrain_backbone.py`")
+    manifest = p.parent/'MANIFEST.sha256'
+    listed = dict(l.split()[::-1] for l in manifest.read_text().splitlines() if l.strip()) if manifest.is_file() else {}
+    if p.name not in listed: raise FileNotFoundError(f"{manifest} lists no sha256 for {p.name}: cannot check {p}")
+    actual = hashlib.sha256(p.read_bytes()).hexdigest()
+    if actual != listed[p.name]: raise ValueError(f"pretrained weights {p} were altered: sha256 {actual[:16]}…, {manifest.name} "
+                                                  f"says {listed[p.name][:16]}…; restore the file from git or rebuild it")
+    return p
+
+# %% ../nbs/08_transfer_learning.ipynb #a1f40002
+def resolve_weights(weights:str|Path|None # 'imagenet', 'drbook-synthetic', a weights file path, or None / 'none'
                    )->str|None:
-    "The `weights` argument for a Keras constructor, checking that a local file exists."
+    "The `weights` argument for a Keras constructor ('drbook-synthetic' after its check), checking that a local file exists."
     if weights is None or str(weights).lower() in ('', 'none', 'random'): return None
     if str(weights).lower() == 'imagenet': return 'imagenet'
+    if str(weights).lower() in PRETRAINED: pretrained_file(str(weights).lower()); return str(weights).lower()
     p = Path(weights).expanduser()
-    if not p.is_file(): raise FileNotFoundError(f"weights file {p} does not exist (use 'imagenet', a file, or None)")
+    if not p.is_file(): raise FileNotFoundError(f"weights file {p} does not exist (use 'imagenet', 'drbook-synthetic', a file, or None)")
     return str(p)
 
 def weights_used(weights:str|Path|None)->str:
-    "A label for the weights a model was built with: 'imagenet', 'none (random)' or 'file:<name>'."
+    "A label for the weights: 'imagenet', 'none (random)', 'file:<name>' or 'drbook-synthetic (<backbone>, sha256 <8 digits>)'."
     w = resolve_weights(weights)
+    if w in PRETRAINED: return f"{w} ({PRETRAINED[w].backbone}, sha256 {hashlib.sha256(pretrained_file(w).read_bytes()).hexdigest()[:8]})"
     return 'none (random)' if w is None else w if w == 'imagenet' else f'file:{Path(w).name}'
 
 # %% ../nbs/08_transfer_learning.ipynb #133613f0
@@ -159,17 +199,20 @@ def build_model(backbone:str='MobileNetV2', # a key of BACKBONES
                 task:str='multiclass', # a key of drbook.tasks.TASKS
                 image_size:int|None=None, # input size in pixels; None = the backbone's default
                 head:str='s1', # a key of HEADS
-                weights:str|Path|None=None, # 'imagenet', a local weights file, or None (random)
+                weights:str|Path|None=None, # 'imagenet', 'drbook-synthetic', a local weights file, or None (random)
                 trainable:bool=False, # train the backbone too (False: feature extraction)
                 **head_kwargs, # overrides of the head preset
                )->keras.Model:
     "A flat functional model: input in [0, 255] → backbone's scaling → backbone → head; the backbone frozen unless `trainable`."
-    bb = get_backbone(backbone); size = int(image_size or bb.default_size)
+    bb = get_backbone(backbone); size = int(image_size or bb.default_size); w = resolve_weights(weights)
     if size < bb.min_size: raise ValueError(f"{bb.name} needs images of at least {bb.min_size} px, not {size}")
+    if w in PRETRAINED and PRETRAINED[w].backbone != bb.name:
+        raise ValueError(f"weights {w!r} fit backbone {PRETRAINED[w].backbone!r} only, not {bb.name!r}: build with backbone='{PRETRAINED[w].backbone}'")
     inputs = keras.Input((size, size, 3), name='image')
     x = PreprocessInput(bb.name, name='preprocess_input')(inputs)
-    base = bb.constructor(include_top=False, weights=resolve_weights(weights), input_tensor=x, input_shape=(size, size, 3))
+    base = bb.constructor(include_top=False, weights=None if w in PRETRAINED else w, input_tensor=x, input_shape=(size, size, 3))
     model = keras.Model(inputs, add_head(base.output, task, head, **head_kwargs), name=f'{bb.name}_{head}')
+    if w in PRETRAINED: load_pretrained(model, w)
     for layer in backbone_layers(model): layer.trainable = trainable
     return model
 
@@ -194,6 +237,25 @@ def backbone_layers(model:keras.Model)->list:
 def head_layers(model:keras.Model)->list:
     "The layers of `model` after its backbone (the head and the output layer)."
     return model.layers[_layer_index(model, backbone_of(model).output) + 1:]
+
+# %% ../nbs/08_transfer_learning.ipynb #a1f40003
+def backbone_arrays(model:keras.Model)->dict:
+    "The backbone's weights of `model` as {'<layer name>/<index>': array}: what a pretrained file holds."
+    return {f'{l.name}/{i}': np.asarray(w) for l in backbone_layers(model) for i, w in enumerate(l.get_weights())}
+
+def load_pretrained(model:keras.Model, # a model from build_model on the matching backbone
+                    name:str='drbook-synthetic', # a key of PRETRAINED
+                   )->keras.Model:
+    "Copy pretrained backbone `name` (its file checked) into `model`'s backbone layers, matched by layer name."
+    spec, bb = PRETRAINED[name], backbone_of(model)
+    if bb.name != spec.backbone: raise ValueError(f"weights {name!r} fit backbone {spec.backbone!r} only, not {bb.name!r}")
+    path = pretrained_file(name)
+    with np.load(path) as f: arrays = dict(f)
+    mine = backbone_arrays(model)
+    if set(mine) != set(arrays): raise ValueError(f"{path} does not fit {bb.name}: {len(set(mine) ^ set(arrays))} weights differ in name")
+    for l in backbone_layers(model):
+        if l.weights: l.set_weights([arrays[f'{l.name}/{i}'] for i in range(len(l.weights))])
+    return model
 
 # %% ../nbs/08_transfer_learning.ipynb #d19d5775
 def block_labels(model:keras.Model)->list:

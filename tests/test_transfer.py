@@ -12,7 +12,8 @@ from drbook.core import N_GRADES, MULTILABEL
 from drbook.tasks import TASKS
 from drbook.transfer import (BACKBONES, HEADS, PreprocessInput, add_head, backbone_layers, backbone_of, block_labels,
                              block_names, build_model, calibrate_batchnorm, conv_output_model, feature_model,
-                             get_backbone, head_layers, head_model, keras_weights_path, resolve_weights, weights_used)
+                             get_backbone, head_layers, head_model, keras_weights_path, resolve_weights, weights_used,
+                             PRETRAINED, backbone_arrays, load_pretrained, pretrained_dir, pretrained_file)
 
 OUTPUT_UNITS = {'multiclass': N_GRADES, 'sigmoid': N_GRADES, 'ordinal': N_GRADES - 1, 'regression': 1,
                 'multilabel': len(MULTILABEL)}
@@ -28,7 +29,7 @@ def model_for(name):
 def _image(size, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (1, size, size, 3)).astype('float32')
 
-FAST_BACKBONES = ('VGG16', 'ResNet50', 'MobileNetV2', 'InceptionV3', 'EfficientNetB0')  # one of each family in make test-fast
+FAST_BACKBONES = ('VGG16', 'ResNet50', 'MobileNetV2', 'MobileNetV2_035', 'InceptionV3', 'EfficientNetB0')  # one of each family in make test-fast
 
 @pytest.mark.parametrize('name', [n if n in FAST_BACKBONES else pytest.param(n, marks=pytest.mark.slow) for n in BACKBONES])
 def test_backbone_flat_forward_and_gradient(name):
@@ -84,7 +85,7 @@ def test_end_marked_blocks_follow_the_graph(name):
 
 def test_registry_lookup_and_sizes():
     assert set(BACKBONES) == {'VGG16', 'ResNet50', 'ResNet101', 'ResNet152', 'InceptionV3', 'InceptionResNetV2',
-                              'MobileNetV2', *[f'EfficientNetB{i}' for i in range(5)]}
+                              'MobileNetV2', 'MobileNetV2_035', *[f'EfficientNetB{i}' for i in range(5)]}
     assert get_backbone('efficientnetb3').default_size == 300
     with pytest.raises(KeyError, match='known: VGG16'): get_backbone('Xception')
     with pytest.raises(ValueError, match='at least 32 px'): build_model('ResNet50', image_size=16)
@@ -185,3 +186,54 @@ def test_feature_and_head_models_compose_and_share_weights(head):
     hm.compile(optimizer=keras.optimizers.SGD(0.1), loss='binary_crossentropy')
     hm.fit(feature_model(model)(x), np.ones((8, len(MULTILABEL)), 'float32'), epochs=1, verbose=0)
     assert not np.allclose(model.get_layer('logits').kernel.numpy(), w)
+
+
+# drbook's own pretrained backbone, shipped in pretrained/ ------------------------------------------------------------
+
+def _shipped():
+    with np.load(pretrained_file('drbook-synthetic')) as f: return dict(f)
+
+@pytest.mark.parametrize('size', [96, 128])
+def test_drbook_synthetic_builds_with_the_files_weights(size):
+    model = build_model('MobileNetV2_035', 'multiclass', size, weights='drbook-synthetic')
+    shipped, loaded = _shipped(), backbone_arrays(model)
+    assert set(loaded) == set(shipped) and len(shipped) > 200
+    for k, v in shipped.items(): np.testing.assert_array_equal(loaded[k], v, err_msg=k)
+    assert all(not l.trainable for l in backbone_layers(model))  # frozen, as for any weights
+    assert model.get_layer('Conv1').kernel.shape == (3, 3, 3, 16)  # width 0.35: 16 stem filters, not 32
+    # the pretrained backbone gives live, image-dependent features without any BatchNormalization calibration
+    x = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype('float32')
+    f = feature_model(model)(x).numpy()
+    assert np.isfinite(f).all() and f.std(axis=0).mean() > 1e-3
+
+def test_drbook_synthetic_refuses_other_backbones():
+    with pytest.raises(ValueError, match="fit backbone 'MobileNetV2_035' only, not 'MobileNetV2'"):
+        build_model('MobileNetV2', image_size=96, weights='drbook-synthetic')
+    with pytest.raises(ValueError, match="not 'VGG16'"):
+        load_pretrained(build_model('VGG16', image_size=32), 'drbook-synthetic')
+
+def test_altered_or_missing_pretrained_file_is_refused_naming_it(tmp_path, monkeypatch):
+    spec = PRETRAINED['drbook-synthetic']
+    for f in (spec.file, 'MANIFEST.sha256'): (tmp_path/f).write_bytes((pretrained_dir()/f).read_bytes())
+    monkeypatch.setenv('DRBOOK_PRETRAINED', str(tmp_path))
+    assert pretrained_file() == tmp_path/spec.file  # an intact copy passes
+    data = bytearray((tmp_path/spec.file).read_bytes()); data[len(data) // 2] ^= 0xFF
+    (tmp_path/spec.file).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f'{tmp_path/spec.file} were altered'):
+        build_model('MobileNetV2_035', image_size=96, weights='drbook-synthetic')
+    (tmp_path/spec.file).unlink()
+    with pytest.raises(FileNotFoundError, match=f'{tmp_path/spec.file} are missing'): resolve_weights('drbook-synthetic')
+    (tmp_path/spec.file).write_bytes(b'x')
+    (tmp_path/'MANIFEST.sha256').unlink()
+    with pytest.raises(FileNotFoundError, match='lists no sha256'): pretrained_file()
+
+def test_drbook_synthetic_label_and_record():
+    import hashlib, json
+    spec = PRETRAINED['drbook-synthetic']
+    sha = hashlib.sha256(pretrained_file().read_bytes()).hexdigest()
+    assert weights_used('drbook-synthetic') == f'drbook-synthetic (MobileNetV2_035, sha256 {sha[:8]})'
+    assert resolve_weights('drbook-synthetic') == 'drbook-synthetic'
+    rec = json.loads((pretrained_dir()/spec.file.replace('.npz', '.json')).read_text())
+    assert rec['sha256'] == sha and rec['backbone'] == spec.backbone  # the record describes the shipped file
+    assert rec['settings']['seed'] != 2026 and rec['source_task_metrics']['mean_auc'] > 0.8  # another seed; it learnt the task
+    assert pretrained_file().stat().st_size < 3e6  # small enough to ship
