@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 from .core import LESIONS, MULTILABEL, strategy_scope
 from .tasks import lesion_labels
 from .metrics import fit_label_thresholds, save_thresholds, multilabel_metrics
+from .preprocess import split_table
 from .scratch import build_scratch_cnn
 from .transfer import build_model, conv_head
 from .gradcam import gradcam, guided_gradcam
@@ -20,8 +21,9 @@ from .cam_checks import lesion_masks, localisation_table, mask_iou, baseline_map
 
 # %% auto #0
 __all__ = ['LESION_COLOURS', 'REFERABLE_LESIONS', 'draw_outlines', 'check_lesion_masks', 'label_frame', 'plot_label_counts',
-           'lesion_model', 'fit_thresholds', 'guided_magnitude', 'label_maps', 'combined_map', 'plot_outlines',
-           'label_masks', 'label_localisation', 'referable_from_labels', 'referable_table']
+           'label_notes', 'check_splits', 'lesion_model', 'fit_thresholds', 'guided_magnitude', 'label_maps',
+           'combined_map', 'plot_outlines', 'label_masks', 'label_localisation', 'referable_from_labels',
+           'referable_table']
 
 # %% ../nbs/13_lesions.ipynb #8ab85008
 LESION_COLOURS = {'MA': (255, 105, 180), 'HE': (255, 0, 0), 'EX': (255, 255, 0), 'SE': (0, 0, 255)}  # pink, red, yellow, blue (S4 fig. 6)
@@ -64,13 +66,37 @@ def label_frame(table:pd.DataFrame)->pd.DataFrame:
 # %% ../nbs/13_lesions.ipynb #7af66bed
 def plot_label_counts(labels:pd.DataFrame, # from label_frame
                       ax=None, title:str='images per label'):
-    "A bar per label: the number of images that carry it (S4 figure 4), in S4's colours."
+    "A bar per label: the number of images that carry it (S4 figure 4), in S4's colours; a label that never occurs shows '0 (none)'."
     ax = ax or plt.subplots(figsize=(6, 3.2))[1]
     counts = labels.sum()
     colours = [np.array(LESION_COLOURS.get(k, (120, 170, 120))) / 255 for k in counts.index]
     bars = ax.bar(counts.index, counts.values, color=colours, edgecolor='k')
-    ax.bar_label(bars); ax.set(ylabel='images', title=title)
+    ax.bar_label(bars, labels=[f'{n:d}' if n else '0 (none)' for n in counts.astype(int)]); ax.set(ylabel='images', title=title)
     return ax
+
+def label_notes(labels, # 0/1 labels (n, L): a label_frame, or a matrix in `names` order
+                where:str='', # the images, for the notes: e.g. 'test split'
+                names=MULTILABEL, # label names of a matrix's columns
+               )->list:
+    "A note per label that has one class only in `labels` (never positive, or positive on every image): what cannot be measured there."
+    f = labels if isinstance(labels, pd.DataFrame) else pd.DataFrame(np.asarray(labels), columns=list(names))
+    n = len(f); what = f"{n} {where} images".replace('  ', ' ')
+    return [f"{k!r} never occurs in the {what}: no positive example (its sensitivity and AUC cannot be measured there)" if not p else
+            f"{k!r} is on every one of the {what}: no negative example (its specificity and AUC cannot be measured there)"
+            for k, p in f.sum().astype(int).items() if n and p in (0, n)]
+
+def check_splits(splits:dict, # {'train', 'val', 'test'}: tables, from drbook.pipeline.prepare_splits
+                 fractions:tuple=(0.7, 0.15, 0.15), # the shares they were cut with, for the message
+                )->dict:
+    "`splits`, checked: each of train, val and test holds an image (training, threshold fitting, testing); else how many images are needed."
+    sizes = {k: len(splits.get(k, ())) for k in ('train', 'val', 'test')}
+    empty = [k for k, m in sizes.items() if not m]
+    if empty:
+        need = next(m for m in range(3, 10**4) if all(len(p) for p in split_table(pd.DataFrame(index=range(m)), fractions, stratify=None)))
+        raise ValueError(f"the {'/'.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty ({sizes}, {sum(sizes.values())} images): "
+                         f"the chapter needs an image in each of train, val and test - at least {need} images with the "
+                         f"{'/'.join(str(round(100 * f)) for f in fractions)} split (more when a patient has several)")
+    return splits
 
 # %% ../nbs/13_lesions.ipynb #f61f2076
 def lesion_model(backbone:str='scratch', # 'scratch' (chapter 07's sample CNN) or a key of drbook.transfer.BACKBONES

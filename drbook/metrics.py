@@ -294,13 +294,16 @@ def multilabel_metrics(y_true, # 0/1 label matrix, one column per label
                        labels=MULTILABEL, # label names, in column order
                        n_boot:int=1000, level:float=0.95, seed:int=0, # bootstrap intervals, as in sensitivity_specificity
                       )->pd.DataFrame:
-    "Per-label sensitivity and specificity (with bootstrap intervals), accuracy and ROC AUC (S4 Table I)."
+    "Per-label sensitivity and specificity (with bootstrap intervals), accuracy and ROC AUC (S4 Table I); NaN with a `reason` when a label has one class only."
     y = check_labels(y_true, labels); s = check_scores(scores, 'multilabel', len(y), n_outputs=len(labels))
     pred = scores_to_grades(s, 'multilabel', thresholds=check_thresholds(thresholds, len(labels)))
     rows = []
     for j, lab in enumerate(labels):
         cm2 = skm.confusion_matrix(y[:, j], pred[:, j], labels=[0, 1])
-        auc, why = _auc(y[:, j] == 1, s[:, j], f"eyes with label {lab!r}")
+        auc, _ = _auc(y[:, j] == 1, s[:, j], f"eyes with label {lab!r}")
+        n_pos = int(y[:, j].sum())  # a label that never occurs has no sensitivity, one on every eye no specificity
+        why = (f"no eye has label {lab!r}: sensitivity and AUC undefined" if n_pos == 0 else
+               f"every eye has label {lab!r}: specificity and AUC undefined" if n_pos == len(y) else '')
         rows.append({'label': lab, **_rate_row(cm2, bootstrap_confusions(cm2, n_boot, seed + j), level),
                      'accuracy': float((y[:, j] == pred[:, j]).mean()), 'auc': auc, 'reason': why})
     return pd.DataFrame(rows).set_index('label')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_preprocessing.ipynb #3d06987d
 from __future__ import annotations
-import hashlib, inspect, io, json, math, os, re, time
+import hashlib, inspect, io, json, math, os, re, time, warnings
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +302,7 @@ def class_weights(labels, # class of each example (a column, list or array)
 # %% ../nbs/03_preprocessing.ipynb #302b2de4
 def label_pos_weights(table:pd.DataFrame, # a table with the has_MA, has_HE, has_EX, has_SE columns
                       method:str='inverse', # 'inverse' (S4) or 'neg_pos' (negatives / positives)
+                      absent:float|None=1.0, # the weight of a label that never occurs (a warning names it); None: refuse
                      )->dict:
     "`{label: weight}` for the multi-label targets (`drbook.core.MULTILABEL`), rare labels weighing more."
     cols = [f'has_{k}' for k in core.MULTILABEL[:-1]]
@@ -310,10 +311,13 @@ def label_pos_weights(table:pd.DataFrame, # a table with the has_MA, has_HE, has
     known = table[cols].dropna().astype(bool).to_numpy()
     if not len(known): raise ValueError('no row has known lesion labels (all NA)')
     pos = np.append(known.sum(0), (~known.any(1)).sum())  # the four lesions, then healthy
-    if (pos == 0).any(): raise ValueError(f"labels {[l for l, p in zip(core.MULTILABEL, pos) if not p]} never occur")
-    w = len(known) / (len(pos) * pos) if method == 'inverse' else (len(known) - pos) / pos if method == 'neg_pos' else None
-    if w is None: raise ValueError(f"method={method!r}: expected 'inverse' or 'neg_pos'")
-    return dict(zip(core.MULTILABEL, w.astype(float).tolist()))
+    if method not in ('inverse', 'neg_pos'): raise ValueError(f"method={method!r}: expected 'inverse' or 'neg_pos'")
+    never = [l for l, p in zip(core.MULTILABEL, pos) if not p]
+    if never and absent is None: raise ValueError(f"labels {never} never occur in the {len(known)} rows: their inverse frequency is undefined (absent= gives them a weight)")
+    if never: warnings.warn(f"labels {never} never occur in the {len(known)} rows: positive weight {absent} (with no positive example the weight changes no loss)")
+    n = np.maximum(pos, 1)  # a label that never occurs gets `absent` below, not a division by zero
+    w = len(known) / (len(pos) * n) if method == 'inverse' else (len(known) - pos) / n
+    return dict(zip(core.MULTILABEL, np.where(pos == 0, absent if never else 0.0, w).astype(float).tolist()))
 
 # %% ../nbs/03_preprocessing.ipynb #f0cdf3f8
 class ImageReadError(ValueError):

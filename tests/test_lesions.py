@@ -1,6 +1,7 @@
 """drbook.lesions: labels equal the masks present (synthetic samples and the real IDRiD subset), thresholds fitted on
 validation only, outlines drawn only inside the thresholded map and in S4's colours, per-label localisation with known
-answers (1.0 for a map equal to its mask, the baseline's value for a uniform map), the referable rule, bad input."""
+answers (1.0 for a map equal to its mask, the baseline's value for a uniform map), the referable rule, bad input;
+a lesion-only table (IDRiD's segmentation set: 'healthy' never occurs, no grades) and tiny splits reported, not crashing."""
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import warnings
@@ -11,9 +12,9 @@ from drbook.core import LESIONS, MULTILABEL
 from drbook.data import read_samples, read_idrid_segmentation
 from drbook.tasks import lesion_labels
 from drbook.metrics import load_thresholds
-from drbook.lesions import (LESION_COLOURS, check_lesion_masks, combined_map, draw_outlines, fit_thresholds, label_frame,
-                            label_localisation, label_maps, label_masks, lesion_model, referable_from_labels,
-                            referable_table)
+from drbook.lesions import (LESION_COLOURS, check_lesion_masks, check_splits, combined_map, draw_outlines, fit_thresholds,
+                            label_frame, label_localisation, label_maps, label_masks, label_notes, lesion_model,
+                            plot_label_counts, referable_from_labels, referable_table)
 
 CODES = list(LESIONS)
 
@@ -152,3 +153,74 @@ def test_referable_rule_matches_grades_on_samples(samples):
     t = referable_table([1, 1, 0, 0, 1], {'a': [1, 0, 0, 0, 1]}, n_boot=100)
     assert np.isclose(t.loc['a', 'sensitivity'], 2 / 3) and t.loc['a', 'specificity'] == 1.0
     assert t.loc['a', 'sensitivity_lo'] <= 2 / 3 <= t.loc['a', 'sensitivity_hi']
+
+
+# --- a lesion-only table: IDRiD's segmentation set ('healthy' never occurs, no grades), tiny splits ------------------
+
+@pytest.fixture(scope='module')
+def idrid_lesions(idrid_root):
+    return read_idrid_segmentation(idrid_root)
+
+
+def test_idrid_lesion_table_has_no_healthy_and_no_grades_and_says_so(idrid_lesions):
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    labels = label_frame(check_lesion_masks(idrid_lesions))
+    assert idrid_lesions.grade.isna().all() and labels['healthy'].sum() == 0
+    notes = label_notes(labels, 'table')
+    assert "'healthy' never occurs in the 8 table images: no positive example (its sensitivity and AUC cannot be measured there)" in notes
+    assert not any(n.startswith("'SE'") for n in notes)  # SE is on 3 of the 8: both classes, nothing to note
+    ax = plot_label_counts(labels)  # the zero count is drawn, not refused
+    assert [t.get_text() for t in ax.texts] == ['8', '8', '8', '3', '0 (none)']
+    plt.close(ax.figure)
+
+
+def test_pos_weight_of_a_label_that_never_occurs_is_neutral(idrid_lesions):
+    from drbook.preprocess import label_pos_weights
+    from drbook.tasks import loss_for
+    with pytest.warns(UserWarning, match=r"\['healthy'\] never occur in the 8 rows: positive weight 1.0"):
+        w = label_pos_weights(idrid_lesions)
+    assert w['healthy'] == 1.0 and w['SE'] == pytest.approx(8 / (5 * 3)) and w['MA'] == pytest.approx(8 / (5 * 8))
+    with pytest.warns(UserWarning): assert label_pos_weights(idrid_lesions, 'neg_pos') == pytest.approx({'MA': 0.0, 'HE': 0.0, 'EX': 0.0, 'SE': 5 / 3, 'healthy': 1.0})
+    with pytest.raises(ValueError, match=r"\['healthy'\] never occur"): label_pos_weights(idrid_lesions, absent=None)
+    y = lesion_labels(idrid_lesions).astype('float32')  # the weighted loss stays finite on these labels
+    assert np.isfinite(float(loss_for('multilabel', w)(y, np.full_like(y, 0.3))))
+
+
+def test_thresholds_and_table_i_of_a_label_that_never_occurs(idrid_lesions, capsys):
+    from drbook.metrics import multilabel_metrics
+    y = lesion_labels(idrid_lesions)
+    scores = np.random.default_rng(5).random(y.shape)
+    t = fit_thresholds({'val': y[:4]}, {'val': scores[:4]})
+    assert t[MULTILABEL.index('healthy')] == 0.5  # the documented default: no cut to choose
+    assert "note: label 'healthy': no validation eyes positive; threshold left at 0.5" in capsys.readouterr().out
+    tab = multilabel_metrics(y[4:], scores[4:], t, n_boot=20)
+    assert tab.loc['healthy', ['sensitivity', 'auc']].isna().all() and tab.loc['healthy', 'specificity'] >= 0
+    assert tab.loc['healthy', 'reason'] == "no eye has label 'healthy': sensitivity and AUC undefined"
+    assert tab.loc['MA', 'reason'] == "every eye has label 'MA': specificity and AUC undefined"
+    assert tab.loc['SE', 'reason'] == '' and not np.isnan(tab.loc['SE', 'auc'])  # SE: 2 of IDRiD's 4 test images
+
+
+def test_tiny_splits_work_or_say_how_many_images_are_needed(idrid_lesions):
+    from drbook.pipeline import prepare_splits
+    splits, _ = prepare_splits(idrid_lesions, '', seed=42)  # 8 images at 70/15/15: 6/1/1 still runs
+    assert {k: len(v) for k, v in check_splits(splits).items()} == {'train': 6, 'val': 1, 'test': 1}
+    few, _ = prepare_splits(idrid_lesions.iloc[:4], '', seed=42)
+    with pytest.raises(ValueError, match=r"the test split is empty .* at least 5 images with the 70/15/15 split"): check_splits(few)
+    with pytest.raises(ValueError, match='at least 7 images with the 80/10/10 split'):
+        check_splits(dict(zip(('train', 'val', 'test'), [idrid_lesions.iloc[:1], idrid_lesions.iloc[:0], idrid_lesions.iloc[:0]])), (0.8, 0.1, 0.1))
+
+
+@pytest.mark.slow
+def test_lesion_model_trains_on_idrid_without_healthy(idrid_lesions, tmp_path):
+    "The chapter's training path on the real lesion-only table: preprocessing, splits, inverse-frequency weights, a finite loss."
+    from drbook.pipeline import prepare_splits, make_datasets
+    from drbook.preprocess import label_pos_weights
+    from drbook.train import compile_for, fit
+    splits, failures = prepare_splits(idrid_lesions, 'graham', 48, seed=42)
+    assert not len(failures)
+    check_splits(splits)
+    ds = make_datasets(splits, 'multilabel', 48, 4, None, 42)
+    with pytest.warns(UserWarning, match='healthy'): pw = label_pos_weights(splits['train'])
+    model = compile_for(lesion_model('scratch', 48), 'multilabel', pos_weight=pw)
+    history = fit(model, ds['train'], ds['val'], tmp_path, 1, task='multilabel', verbose=0)
+    assert np.isfinite(history['loss']).all() and np.isfinite(history['val_loss']).all()
