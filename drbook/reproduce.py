@@ -18,9 +18,9 @@ __all__ = ['PROFILE_KEYS', 'PROFILE_DEFAULTS', 'DATASET_READERS', 'SELF', 'IMAGE
            'TOLERANCE_FACTOR', 'FAILING', 'profiles_dir', 'list_profiles', 'load_profile', 'dataset_root',
            'read_dataset', 'chapter_notebooks', 'declared_parameters', 'image_readers', 'reads_images',
            'notebook_parameters', 'check_table_csv', 'check_parameters', 'NotebookResult', 'run_notebook', 'logs_to',
-           'flat_records', 'better_direction', 'reference_dir', 'reference_path', 'make_reference', 'check_value',
-           'compare_records', 'comparison_counts', 'comparison_table', 'counts_table', 'paper_rows', 'new_run_dir',
-           'reproduce', 'write_summary', 'main']
+           'flat_records', 'better_direction', 'measure_tolerances', 'reference_dir', 'reference_path',
+           'make_reference', 'check_value', 'compare_records', 'comparison_counts', 'comparison_table', 'counts_table',
+           'paper_rows', 'new_run_dir', 'reproduce', 'write_summary', 'main']
 
 # %% ../nbs/14_reproduce.ipynb #713f0208
 PROFILE_KEYS = {'description', 'require_gpu', 'expected_time', 'datasets', 'notebooks', 'parameters', 'timeout', 'paper'}
@@ -304,7 +304,7 @@ def flat_records(records:dict # {notebook: {name: value}}, as in summary.json
     return {nb: {k: v for name, value in named.items() for k, v in walk(name, value, {}).items()} for nb, named in records.items()}
 
 # %% ../nbs/14_reproduce.ipynb #0838c2ad
-TOLERANCE_FACTOR = 2.0  # a measured tolerance is this many times the spread (max - min) of the runs it was measured on
+TOLERANCE_FACTOR = 3.0  # a measured tolerance is this many times the spread (max - min) of the runs it was measured on
 _LOWER = re.compile(r'loss|error|mae|mse|brier|deletion|seconds|failures', re.I)
 _TIMING = re.compile(r'run_time|seconds|_ms_per|_ms$|_s$')  # timings: they follow the machine and its load, not the code
 _HIGHER = re.compile(r'qwk|kappa|accuracy|auc|sensitivity|specificity|f1|precision|recall|dice|iou|pointing|insertion', re.I)
@@ -314,14 +314,32 @@ def better_direction(name:str)->str|None:
     return 'lower' if _LOWER.search(name) else 'higher' if _HIGHER.search(name) else None
 
 def _num(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _nested(name:str)->bool: return bool(re.search(r'[.\[]', name))  # a cell of a recorded table or mapping
 
 def _spread(values:list)->dict:
-    "Reference value and measured tolerance of one record from its values in several runs."
+    "Reference value and spread (max - min) of one record's values in several runs; `spread` None: non-numeric values that differ."
     if all(map(_num, values)):
         ref = float(np.median(values)); ref = int(ref) if all(isinstance(v, int) for v in values) and ref.is_integer() else ref
-        return {'value': ref, 'tolerance': float(f'{TOLERANCE_FACTOR * (max(values) - min(values)):.3g}')}
-    same = all(v == values[0] for v in values)  # strings, booleans: the runs agree, or the record is not checked
-    return {'value': values[-1], 'tolerance': 0 if same else None}
+        return {'value': ref, 'spread': max(values) - min(values)}
+    return {'value': values[-1], 'spread': 0 if all(v == values[0] for v in values) else None}
+
+def measure_tolerances(named:dict # {record: [its values in the runs]} of one notebook
+                      )->dict:
+    "{record: entry} with the reference value and a tolerance measured from the runs' spread (see the text above)."
+    def bounded(vs): return all(_num(v) and -1 <= v <= 1 for v in vs)  # metrics, shares, correlations
+    spreads = {k: _spread(vs) for k, vs in named.items()}
+    noisy = [s['spread'] for k, s in spreads.items() if s['spread'] and not _nested(k) and bounded(named[k]) and not _TIMING.search(k)]
+    pooled = float(np.median(noisy)) if len(noisy) >= 3 else 0.0  # the typical spread of the notebook's bounded scalars
+    out = {}
+    for k, vs in named.items():
+        s, e = spreads[k], {'value': spreads[k]['value'], 'better': better_direction(k), 'runs': vs}
+        if s['spread'] is None: e.update(tolerance=None, note='a value the runs disagreed on: not checked')
+        elif _TIMING.search(k): e.update(tolerance=None, note='a timing: it follows the machine and its load, so it is not checked')
+        elif s['spread'] == 0: e['tolerance'] = 0
+        elif _nested(k): e.update(tolerance=None, note='a table cell that varies from run to run: shown, not checked')
+        else: e['tolerance'] = float(f"{TOLERANCE_FACTOR * max(s['spread'], pooled if bounded(vs) else 0):.3g}")
+        out[k] = e
+    return out
 
 def reference_dir()->Path:
     "Where references live: `reference/` at the project root (`DRBOOK_REFERENCES` overrides)."
@@ -354,17 +372,16 @@ def make_reference(runs:list, # run folders of one profile (several: tolerances 
     old_nbs = (old or {}).get('notebooks', {})
     nbs = {nb: e for nb, e in old_nbs.items() if nb not in values}  # notebooks these runs did not run stay as they were
     for nb, named in sorted(values.items()):
-        nbs[nb] = {}
-        for k, vs in named.items():
-            e = {**_spread(vs), 'better': better_direction(k), 'runs': vs}
-            if _TIMING.search(k): e.update(tolerance=None, note='a timing: it follows the machine and its load, so it is not checked')
+        nbs[nb] = measure_tolerances(named)
+        for k, e in nbs[nb].items():
             kept = old_nbs.get(nb, {}).get(k)
             if kept and not measure: e.update({x: kept[x] for x in ('tolerance', 'rtol', 'better', 'note') if x in kept})
-            nbs[nb][k] = e
     return {'profile': sums[0]['profile']['name'], 'updated': time.strftime('%Y-%m-%d'),
             'runs': sorted({*(old or {}).get('runs', []), *(Path(s['run_dir']).name for s in sums)}),
-            'rule': f"value: the median of the runs; tolerance: {TOLERANCE_FACTOR:g} x (max - min) of the runs, absolute; "
-                    "null: not checked (a timing, or a non-numeric value the runs disagreed on)",
+            'rule': f"value: the median of the runs; tolerance (absolute): 0 where the runs agree, else {TOLERANCE_FACTOR:g} x the "
+                    "larger of the record's spread (max - min) and, for values in [-1, 1], the median spread of the notebook's "
+                    "varying scalar records in [-1, 1]; null (not checked): timings, values the runs disagreed on that are "
+                    "not numbers, and table cells that vary",
             'notebooks': dict(sorted(nbs.items()))}
 
 # %% ../nbs/14_reproduce.ipynb #900d30bb
@@ -661,7 +678,7 @@ def _compare(args)->int:
     a, b = _run_summary(args.run_a), _run_summary(args.run_b)
     path = Path(args.reference) if args.reference else reference_path(a['profile']['name'])
     tols = json.loads(path.read_text(encoding='utf-8'))['notebooks'] if path.is_file() else {}
-    base = {'notebooks': {nb: {k: {'value': v, 'tolerance': 0, 'better': better_direction(k),
+    base = {'notebooks': {nb: {k: {'value': v, 'tolerance': None if _TIMING.search(k) else 0, 'better': better_direction(k),
                                    **{x: tols.get(nb, {}).get(k, {})[x] for x in ('tolerance', 'rtol', 'better')
                                       if x in tols.get(nb, {}).get(k, {})}}
                                for k, v in named.items()} for nb, named in flat_records(a['records']).items()}}

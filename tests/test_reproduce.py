@@ -244,3 +244,21 @@ def test_the_idrid_mini_profile_runs_real_photographs_through_the_course_and_mat
     assert s['passed'] and s['comparison']['reference'] and len(s['comparison']['rows']) > 20
     assert all(n['status'] == 'ok' for n in s['notebooks'])
     assert s['records']['07_scratch_cnn']['n_images'] == 40  # IDRiD's graded photographs, not the synthetic samples
+
+@pytest.mark.slow  # a tiny run in kernels: a few seconds
+def test_the_summary_prints_the_authors_figures_beside_the_run(course):
+    tmp, nbs, prof = course
+    prof.write_text("description: test\nparameters:\n  00_first: {k: 2}\npaper:\n  source: 'S9 (Someone et al.), Table 1'\n"
+                    "  figures:\n    - {notebook: 00_first, record: qwk, value: 0.81, what: 'QWK on their test set'}\n"
+                    "    - {notebook: 01_second, record: 'rows[1]', value: 7, what: 'a table cell'}\n"
+                    "    - {notebook: 01_second, record: auc, value: 0.9, what: 'a figure the chapter does not record'}\n")
+    r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs'))
+    assert r.returncode == 0, r.stderr
+    run = _run_dirs(tmp/'runs')[0]
+    md = (run/'summary.md').read_text()
+    assert "S9 (Someone et al.), Table 1. These are the authors' results on their data" in md
+    assert '| 00_first | QWK on their test set | 0.81 | 0.5 | `qwk` |' in md and '| 01_second | a table cell | 7 | 2 | `rows[1]` |' in md
+    assert '| 01_second | a figure the chapter does not record | 0.9 | not recorded | `auc` |' in md
+    assert [p['run'] for p in json.loads((run/'summary.json').read_text())['paper']] == [0.5, 2, None]
+    bad = tmp/'bad.yaml'; bad.write_text("description: x\npaper: {source: s, figures: [{notebook: 00_first, value: 1}]}\n")
+    assert drbook('reproduce', '--check', '--profile', str(bad), '--nbs', str(nbs)).returncode == 2
