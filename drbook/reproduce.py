@@ -196,8 +196,9 @@ def check_table_csv(nbs:list, # the notebooks a run will execute
 
 # %% ../nbs/14_reproduce.ipynb #fea802b5
 def _table_refs(prof:dict)->dict:
-    "{parameter value '@name': dataset name} for every '@' value in the profile's parameters."
-    return {v: v[1:] for params in prof['parameters'].values() for v in params.values() if isinstance(v, str) and v.startswith('@')}
+    "{parameter value: dataset name} for every '@name' (its table) and '@name:root' (its folder) in the profile's parameters."
+    return {v: v[1:].removesuffix(':root') for params in prof['parameters'].values() for v in params.values()
+            if isinstance(v, str) and v.startswith('@')}
 
 def check_parameters(prof:dict, # a loaded profile
                      nbs_dir:Path|str|None=None, # where the notebooks are (default nbs/)
@@ -492,6 +493,7 @@ def reproduce(profile:str|dict='sample', # profile name, YAML path, or a loaded 
     run = new_run_dir(prof['name'], runs_root); (run/'notebooks').mkdir()
     if tables: (run/'tables').mkdir()
     csvs = {f'@{n}': str(data.save_table(t, run/'tables'/f'{n}.csv')) for n, t in tables.items()}
+    csvs.update({f'@{n}:root': str(dataset_root(spec)) for n, spec in prof['datasets'].items()})
     if progress is None: progress = sys.stderr.isatty()
     log(f"drbook reproduce: profile {prof['name']!r}, {len(nbs)} notebooks, run folder {run}")
     results, failed = [], False
