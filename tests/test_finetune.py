@@ -162,3 +162,21 @@ def test_stage_1_keeps_the_backbone_frozen_and_config_changes_are_refused(tmp_pa
     np.testing.assert_array_equal(model.get_layer('block_16_project').kernel.numpy(), before)
     with pytest.raises(ValueError, match='another configuration'):
         fine_tune(model, [Stage('head', 'frozen', 1e-3, 1)], train, val, tmp_path, verbose=0)
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_shipped_backbone_moves_only_the_unfrozen_layers():
+    "drbook-synthetic at 96 px: unfreezing from block_13 trains block_13 onwards, leaves the layers below and every BN as shipped."
+    keras.utils.set_random_seed(0)
+    model = build_model('MobileNetV2_035', 'multiclass', 96, head='s1', weights='drbook-synthetic')
+    set_trainable(model, 'block_13')
+    k = frozen_count(model, 'block_13')
+    assert backbone_layers(model)[k].name == 'block_13_expand'
+    before = {l.name: [w.copy() for w in l.get_weights()] for l in backbone_layers(model)}
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False))
+    x = np.random.default_rng(0).uniform(0, 255, (8, 96, 96, 3)).astype('float32')
+    model.fit(x, np.arange(8) % 5, epochs=1, batch_size=8, verbose=0)
+    changed = {l.name for l in backbone_layers(model) if any(not np.array_equal(a, b) for a, b in zip(before[l.name], l.get_weights()))}
+    assert 'block_13_expand' in changed and 'Conv_1' in changed
+    assert not changed & {l.name for l in backbone_layers(model)[:k]}  # below block 13: as shipped
+    assert not any(isinstance(model.get_layer(n), keras.layers.BatchNormalization) for n in changed)  # BN frozen
