@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import keras
-from .core import PROJECT_ROOT
+from .core import PROJECT_ROOT, strategy_scope
 from .tasks import output_layer
 
 # %% auto #0
@@ -208,10 +208,11 @@ def build_model(backbone:str='MobileNetV2', # a key of BACKBONES
     if size < bb.min_size: raise ValueError(f"{bb.name} needs images of at least {bb.min_size} px, not {size}")
     if w in PRETRAINED and PRETRAINED[w].backbone != bb.name:
         raise ValueError(f"weights {w!r} fit backbone {PRETRAINED[w].backbone!r} only, not {bb.name!r}: build with backbone='{PRETRAINED[w].backbone}'")
-    inputs = keras.Input((size, size, 3), name='image')
-    x = PreprocessInput(bb.name, name='preprocess_input')(inputs)
-    base = bb.constructor(include_top=False, weights=None if w in PRETRAINED else w, input_tensor=x, input_shape=(size, size, 3))
-    model = keras.Model(inputs, add_head(base.output, task, head, **head_kwargs), name=f'{bb.name}_{head}')
+    with strategy_scope():  # variables created under the strategy that trains them (several GPUs)
+        inputs = keras.Input((size, size, 3), name='image')
+        x = PreprocessInput(bb.name, name='preprocess_input')(inputs)
+        base = bb.constructor(include_top=False, weights=None if w in PRETRAINED else w, input_tensor=x, input_shape=(size, size, 3))
+        model = keras.Model(inputs, add_head(base.output, task, head, **head_kwargs), name=f'{bb.name}_{head}')
     if w in PRETRAINED: load_pretrained(model, w)
     for layer in backbone_layers(model): layer.trainable = trainable
     return model
