@@ -324,7 +324,8 @@ def _spread(values:list)->dict:
         return {'value': ref, 'spread': max(values) - min(values)}
     return {'value': values[-1], 'spread': 0 if all(v == values[0] for v in values) else None}
 
-def measure_tolerances(named:dict # {record: [its values in the runs]} of one notebook
+def measure_tolerances(named:dict, # {record: [its values in the runs]} of one notebook
+                       n_runs:int|None=None, # how many runs the notebook ran in (default: the most values a record has)
                       )->dict:
     "{record: entry} with the reference value and a tolerance measured from the runs' spread (see the text above)."
     def bounded(vs): return all(_num(v) and -1 <= v <= 1 for v in vs)  # metrics, shares, correlations
@@ -334,7 +335,9 @@ def measure_tolerances(named:dict # {record: [its values in the runs]} of one no
     out = {}
     for k, vs in named.items():
         s, e = spreads[k], {'value': spreads[k]['value'], 'better': better_direction(k), 'runs': vs}
-        if s['spread'] is None: e.update(tolerance=None, note='a value the runs disagreed on: not checked')
+        if len(vs) < (n_runs or max(map(len, named.values()))):
+            e.update(tolerance=None, note=f'recorded by {len(vs)} of {n_runs} runs (its name follows the run): not checked')
+        elif s['spread'] is None: e.update(tolerance=None, note='a value the runs disagreed on: not checked')
         elif _TIMING.search(k): e.update(tolerance=None, note='a timing: it follows the machine and its load, so it is not checked')
         elif s['spread'] == 0: e['tolerance'] = 0
         elif _nested(k): e.update(tolerance=None, note='a table cell that varies from run to run: shown, not checked')
@@ -364,16 +367,17 @@ def make_reference(runs:list, # run folders of one profile (several: tolerances 
     "A reference from the records of the notebooks that ran in `runs`: the runs' median and a tolerance measured from their spread."
     sums = [_run_summary(r) for r in runs]
     if len(names := {s['profile']['name'] for s in sums}) > 1: raise ValueError(f"the runs are of different profiles: {sorted(names)}")
-    values = {}  # notebook -> record -> values in the runs where the notebook ran
+    values, n_ran = {}, {}  # notebook -> record -> values in the runs where the notebook ran; notebook -> how many
     for s in sums:
         ran = {n['notebook'] for n in s['notebooks'] if n['status'] == 'ok'}
+        for nb in ran: n_ran[nb] = n_ran.get(nb, 0) + 1
         for nb, named in flat_records(s['records']).items():
             if nb in ran:
                 for k, v in named.items(): values.setdefault(nb, {}).setdefault(k, []).append(v)
     old_nbs = (old or {}).get('notebooks', {})
     nbs = {nb: e for nb, e in old_nbs.items() if nb not in values}  # notebooks these runs did not run stay as they were
     for nb, named in sorted(values.items()):
-        nbs[nb] = measure_tolerances(named)
+        nbs[nb] = measure_tolerances(named, n_ran[nb])
         for k, e in nbs[nb].items():
             kept = old_nbs.get(nb, {}).get(k)
             if kept and not measure: e.update({x: kept[x] for x in ('tolerance', 'rtol', 'better', 'note') if x in kept})
@@ -413,7 +417,7 @@ def compare_records(records:dict, # {notebook: {name: value}}, as in summary.jso
         got, want = run.get(nb, {}), ref.get(nb, {})
         for k, e in want.items():
             rows.append({'notebook': nb, 'record': k, 'value': got.get(k), 'reference': e['value'], 'tolerance': e.get('tolerance'),
-                         'status': check_value(got[k], e) if k in got else 'missing'})
+                         'status': check_value(got[k], e) if k in got else 'missing' if e.get('tolerance') is not None else 'unchecked'})
         rows += [{'notebook': nb, 'record': k, 'value': v, 'reference': None, 'tolerance': None, 'status': 'new'}
                  for k, v in got.items() if k not in want]
     return rows
@@ -665,6 +669,7 @@ def _reference(args)->int:
     name = _run_summary(args.update[0])['profile']['name']
     out = Path(args.out) if args.out else reference_path(name)
     old = json.loads(out.read_text(encoding='utf-8')) if out.is_file() else None
+    if old and old.get('profile') != name: raise ValueError(f"{out} is the reference of profile {old.get('profile')!r}, not of these runs' {name!r}")
     ref = make_reference(args.update, old, measure=args.measure)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(ref, indent=1) + '\n', encoding='utf-8'))

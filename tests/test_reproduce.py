@@ -162,6 +162,9 @@ def test_a_reference_value_edited_beyond_its_tolerance_fails_the_run_naming_the_
     ref = tmp/'ref.json'
     r = drbook('reference', '--update', *map(str, _run_dirs(tmp/'runs')), '--out', str(ref))
     assert r.returncode == 0 and '3 records of 2 notebooks, from 2 run(s)' in r.stdout, (r.stdout, r.stderr)
+    other = tmp/'other.json'; other.write_text(json.dumps({'profile': 'sample', 'notebooks': {}}))
+    r = drbook('reference', '--update', str(_run_dirs(tmp/'runs')[0]), '--out', str(other))
+    assert r.returncode == 2 and "is the reference of profile 'sample', not of these runs' 'p'" in r.stderr, r.stderr
     data = json.loads(ref.read_text())
     assert data['notebooks']['00_first']['qwk'] == {'value': 0.5, 'tolerance': 0.0, 'better': 'higher', 'runs': [0.5, 0.5]}
     r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs2'), '--reference', str(ref))
