@@ -324,24 +324,33 @@ def _spread(values:list)->dict:
         return {'value': ref, 'spread': max(values) - min(values)}
     return {'value': values[-1], 'spread': 0 if all(v == values[0] for v in values) else None}
 
+def _scale(values:list)->str|None:
+    "'unit' (all in [-1, 1]: metrics, shares, correlations), 'percent' (floats in [0, 100]), or None (counts, other)."
+    if all(_num(v) and -1 <= v <= 1 for v in values): return 'unit'
+    if all(isinstance(v, float) and 0 <= v <= 100 for v in values): return 'percent'
+    return None
+
 def measure_tolerances(named:dict, # {record: [its values in the runs]} of one notebook
                        n_runs:int|None=None, # how many runs the notebook ran in (default: the most values a record has)
                       )->dict:
     "{record: entry} with the reference value and a tolerance measured from the runs' spread (see the text above)."
-    def bounded(vs): return all(_num(v) and -1 <= v <= 1 for v in vs)  # metrics, shares, correlations
+    n_runs = n_runs or max(map(len, named.values()), default=0)
     spreads = {k: _spread(vs) for k, vs in named.items()}
-    noisy = [s['spread'] for k, s in spreads.items() if s['spread'] and not _nested(k) and bounded(named[k]) and not _TIMING.search(k)]
-    pooled = float(np.median(noisy)) if len(noisy) >= 3 else 0.0  # the typical spread of the notebook's bounded scalars
+    varies = any(s['spread'] != 0 for s in spreads.values())  # a notebook whose results move from run to run
+    pooled = {}  # per scale: the typical spread of the notebook's varying scalars (with three of them or more)
+    for scale in ('unit', 'percent'):
+        sp = [s['spread'] for k, s in spreads.items() if s['spread'] and not _nested(k) and not _TIMING.search(k) and _scale(named[k]) == scale]
+        pooled[scale] = float(np.median(sp)) if len(sp) >= 3 else 0.0
     out = {}
     for k, vs in named.items():
-        s, e = spreads[k], {'value': spreads[k]['value'], 'better': better_direction(k), 'runs': vs}
-        if len(vs) < (n_runs or max(map(len, named.values()))):
-            e.update(tolerance=None, note=f'recorded by {len(vs)} of {n_runs} runs (its name follows the run): not checked')
+        s, scale = spreads[k], _scale(vs)
+        e = {'value': s['value'], 'better': better_direction(k), 'runs': vs}
+        if len(vs) < n_runs: e.update(tolerance=None, note=f'recorded by {len(vs)} of {n_runs} runs (its name follows the run): not checked')
         elif s['spread'] is None: e.update(tolerance=None, note='a value the runs disagreed on: not checked')
         elif _TIMING.search(k): e.update(tolerance=None, note='a timing: it follows the machine and its load, so it is not checked')
-        elif s['spread'] == 0: e['tolerance'] = 0
-        elif _nested(k): e.update(tolerance=None, note='a table cell that varies from run to run: shown, not checked')
-        else: e['tolerance'] = float(f"{TOLERANCE_FACTOR * max(s['spread'], pooled if bounded(vs) else 0):.3g}")
+        elif _nested(k) and varies: e.update(tolerance=None, note='a table cell of a notebook whose results vary from run to run: shown, not checked')
+        elif s['spread'] == 0 and (not varies or scale is None): e['tolerance'] = 0  # computed without chance, or a count
+        else: e['tolerance'] = float(f"{TOLERANCE_FACTOR * max(s['spread'], pooled.get(scale, 0.0)):.3g}")
         out[k] = e
     return out
 

@@ -232,11 +232,15 @@ def test_the_sample_reference_covers_every_chapter_with_measured_tolerances():
     from drbook.reproduce import chapter_notebooks
     recording = {p.stem for p in chapter_notebooks() if "record(" in p.read_text()}
     assert recording <= set(ref['notebooks']), recording - set(ref['notebooks'])
+    checked = 0
     for nb, entries in ref['notebooks'].items():
         for k, e in entries.items():
-            assert len(e['runs']) >= 3, (nb, k)  # every tolerance measured on three runs or more
-            if e['tolerance'] is not None and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in e['runs']):
+            if e['tolerance'] is None: assert e.get('note'), (nb, k); continue  # not checked, and says why
+            checked += 1
+            assert len(e['runs']) >= 3, (nb, k)  # every checked tolerance measured on three runs or more
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in e['runs']):
                 assert e['tolerance'] >= max(e['runs']) - min(e['runs']), (nb, k)
+    assert checked >= 200, checked  # the headline figures of every chapter, and everything computed without training
 
 @pytest.mark.slow  # the real-data profile: data, preprocessing, scratch CNN, Grad-CAM and lesion chapters on IDRiD (minutes)
 def test_the_idrid_mini_profile_runs_real_photographs_through_the_course_and_matches_its_reference(idrid_root, tmp_path):
