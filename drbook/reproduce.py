@@ -372,6 +372,7 @@ def _run_summary(run_dir:Path|str)->dict:
 def make_reference(runs:list, # run folders of one profile (several: tolerances are measured from their spread)
                    old:dict|None=None, # the reference they update: its tolerances are kept
                    measure:bool=False, # measure every tolerance again, the kept ones too
+                   only:list|None=None, # update only these notebooks (names or number prefixes); the others stay as they were
                   )->dict:
     "A reference from the records of the notebooks that ran in `runs`: the runs' median and a tolerance measured from their spread."
     sums = [_run_summary(r) for r in runs]
@@ -379,6 +380,7 @@ def make_reference(runs:list, # run folders of one profile (several: tolerances 
     values, n_ran = {}, {}  # notebook -> record -> values in the runs where the notebook ran; notebook -> how many
     for s in sums:
         ran = {n['notebook'] for n in s['notebooks'] if n['status'] == 'ok'}
+        if only: ran = {nb for nb in ran if any(nb == o or nb.startswith(f'{o}_') for o in map(str, only))}
         for nb in ran: n_ran[nb] = n_ran.get(nb, 0) + 1
         for nb, named in flat_records(s['records']).items():
             if nb in ran:
@@ -598,6 +600,7 @@ def _parser()->argparse.ArgumentParser:
     f.add_argument('--update', nargs='+', metavar='RUN_DIR', required=True,
                    help='run folders of one profile; with several, tolerances are measured from their spread')
     f.add_argument('--measure', action='store_true', help='measure every tolerance again (default: keep those already set)')
+    f.add_argument('--only', nargs='+', help='update only these notebooks (names or number prefixes); the others are kept')
     f.add_argument('--out', help='reference file to write (default: reference/<profile>.json)')
     c = sub.add_parser('compare', help='compare the records of two runs (RUN_B against RUN_A)')
     c.add_argument('run_a'); c.add_argument('run_b')
@@ -679,7 +682,7 @@ def _reference(args)->int:
     out = Path(args.out) if args.out else reference_path(name)
     old = json.loads(out.read_text(encoding='utf-8')) if out.is_file() else None
     if old and old.get('profile') != name: raise ValueError(f"{out} is the reference of profile {old.get('profile')!r}, not of these runs' {name!r}")
-    ref = make_reference(args.update, old, measure=args.measure)
+    ref = make_reference(args.update, old, measure=args.measure, only=args.only)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(ref, indent=1) + '\n', encoding='utf-8'))
     n = sum(map(len, ref['notebooks'].values()))
