@@ -262,12 +262,14 @@ def test_interrupted_run_resumes(tmp_path, sig, group):
     d = tmp_path/'big'; d.mkdir()
     data = cv2.imencode('.jpg', cv2.cvtColor(fundus(1800, 2400, seed=7), cv2.COLOR_RGB2BGR))[1].tobytes()
     paths = []
-    n = 150  # full-size decodes (1024 px asked of a 1800-px side) keep each image busy for a while; with 60, one gate run
-    for i in range(n):  # finished them all before the interruption landed (a loaded machine polls the cache late)
-        (d/f'b{i:03d}.jpg').write_bytes(data); paths.append(str(d/f'b{i:03d}.jpg'))
+    for i in range(60):  # full-size decodes (1024 px asked of a 1800-px side) keep each image busy for a while
+        (d/f'b{i:02d}.jpg').write_bytes(data); paths.append(str(d/f'b{i:02d}.jpg'))
     cache = tmp_path/'cache'
+    # SIGINT at its default in the run, as in a terminal: a test run started in the background (`make test &`)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt, so the run would finish every image
     proc = subprocess.Popen([sys.executable, '-c', RUNNER, json.dumps(paths), str(cache)], cwd=ROOT,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while len(finished_images(cache)) < 4 and time.time() < deadline and proc.poll() is None: time.sleep(0.02)
@@ -280,13 +282,13 @@ def test_interrupted_run_resumes(tmp_path, sig, group):
         except ProcessLookupError: pass
     finished = finished_images(cache)
     print("finished before the interruption:", len(finished))
-    assert 4 <= len(finished) < n, len(finished)  # interrupted part-way
+    assert 4 <= len(finished) < 60, len(finished)  # interrupted part-way
     assert find_corrupt(finished, workers=0, progress=False).empty  # every finished image is complete
     if sig == signal.SIGINT: assert not list(cache.glob('*/.tmp-*'))  # cleaned up on the way out
     table = pd.DataFrame({'image_path': paths})
     out, report = preprocess_dataset(table, 's3', 1024, cache_dir=cache, workers=2, progress=False)
     stats = out.attrs['preprocess']
-    assert report.empty and stats['cached'] == len(finished) and stats['processed'] == n - len(finished)
+    assert report.empty and stats['cached'] == len(finished) and stats['processed'] == 60 - len(finished)
     assert not list(cache.glob('*/.tmp-*')) or sig != signal.SIGINT
     assert find_corrupt(out['preprocessed_path'], workers=2, progress=False).empty
 
