@@ -26,6 +26,7 @@ def course(tmp_path):
     prof.write_text("description: test\nparameters:\n  00_first: {k: 2}\n")
     return tmp_path, nbs, prof
 
+@pytest.mark.slow  # runs notebooks in kernels: a few seconds
 def test_run_collects_records_and_summary(course):
     tmp, nbs, prof = course
     r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs'))
@@ -37,6 +38,7 @@ def test_run_collects_records_and_summary(course):
     assert (run/'notebooks'/'00_first.ipynb').exists() and '| 00_first | ok |' in (run/'summary.md').read_text()
     assert 'Summary:' in r.stdout and 'No reference at' in r.stdout and s['comparison']['reference'] is None
 
+@pytest.mark.slow  # three `drbook` processes: about 4 s
 def test_a_parameter_no_notebook_declares_stops_the_run_before_it_starts(course):
     tmp, nbs, prof = course
     for params, named in [("00_first: {k: 2, typo: 1}", '00_first does not declare typo'),
@@ -79,6 +81,7 @@ def test_star_keys_not_declared_are_listed_per_notebook(course):
     assert 'not passed: k' in r.stdout
     assert '| 01_second | ok | ' in (run/'summary.md').read_text() and '| k |' in (run/'summary.md').read_text()
 
+@pytest.mark.slow  # a `drbook` process: about 2 s
 def test_refuses_a_table_that_a_chapter_reading_images_would_not_take(course):
     tmp, nbs, prof = course
     tiny_nb(nbs/'02_reads.ipynb', "from drbook.data import read_samples\ntable = read_samples()", params="seed = 1")
@@ -208,6 +211,7 @@ def test_every_profile_sets_only_declared_parameters():
         if n.startswith('s') and n != 'sample':
             assert prof['datasets'] and prof['expected_time'] and prof['paper']['figures'], n  # the seeds' profiles
 
+@pytest.mark.slow  # a `drbook` process: about 2 s
 def test_check_names_the_missing_dataset_folder_at_once(tmp_path):
     env_data = tmp_path/'no-data-here'
     r = subprocess.run([str(Path(sys.executable).parent/'drbook'), 'reproduce', '--check', '--profile', 's1-aptos2019'],
@@ -222,6 +226,7 @@ def test_require_gpu_fails_at_once_on_a_cpu_machine(tmp_path):
     r = drbook('reproduce', '--profile', 's1-aptos2019', '--require-gpu', '--runs', str(tmp_path/'runs'))
     assert r.returncode == 2 and 'needs a GPU' in r.stderr and not (tmp_path/'runs').exists()
 
+@pytest.mark.slow  # a `drbook` process reading IDRiD: about 2 s
 def test_check_reads_the_datasets_and_prints_the_plan(idrid_root):
     r = drbook('reproduce', '--check', '--profile', 'idrid-mini')
     assert r.returncode == 0, r.stderr
