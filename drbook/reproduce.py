@@ -298,9 +298,11 @@ def flat_records(records:dict # {notebook: {name: value}}, as in summary.json
                 )->dict:
     "`{notebook: {path: value}}` with every value nested in a dict or list named by its path: `split_sizes.train`, `results[0].qwk`."
     def walk(name, v, out):
-        if isinstance(v, dict): [walk(f'{name}.{k}', x, out) for k, x in v.items()]
-        elif isinstance(v, list): [walk(f'{name}[{i}]', x, out) for i, x in enumerate(v)]
-        else: out[name] = v
+        parts = ((f'{name}.{k}', x) for k, x in v.items()) if isinstance(v, dict) else \
+                ((f'{name}[{i}]', x) for i, x in enumerate(v)) if isinstance(v, list) else None
+        if parts is None: out[name] = v
+        else:
+            for n, x in parts: walk(n, x, out)
         return out
     return {nb: {k: v for name, value in named.items() for k, v in walk(name, value, {}).items()} for nb, named in records.items()}
 
