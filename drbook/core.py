@@ -14,10 +14,10 @@ try: import fcntl  # POSIX file locks
 except ImportError: fcntl = None
 
 # %% auto #0
-__all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'PROJECT_ROOT', 'IDLE_WORKERS_S', 'grade_name',
-           'data_dir', 'cache_dir', 'samples_dir', 'run_dir', 'work_dir', 'atomic_write', 'file_lock',
-           'quiet_native_stderr', 'default_workers', 'imap_chunked', 'seed_everything', 'device_report', 'get_strategy',
-           'strategy_scope', 'require_gpu', 'record', 'read_records', 'latest_records']
+__all__ = ['GRADES', 'N_GRADES', 'REFERABLE_FROM', 'LESIONS', 'MULTILABEL', 'LESION_COLOURS', 'PROJECT_ROOT', 'IDLE_WORKERS_S',
+           'grade_name', 'data_dir', 'cache_dir', 'samples_dir', 'run_dir', 'runs_dir', 'profile_name', 'work_dir',
+           'atomic_write', 'file_lock', 'quiet_native_stderr', 'default_workers', 'imap_chunked', 'seed_everything',
+           'device_report', 'get_strategy', 'strategy_scope', 'require_gpu', 'record', 'read_records', 'latest_records']
 
 # %% ../nbs/00_core.ipynb #b2df90bb
 GRADES = {0: 'No DR', 1: 'Mild NPDR', 2: 'Moderate NPDR', 3: 'Severe NPDR', 4: 'Proliferative DR'}
@@ -25,6 +25,8 @@ N_GRADES = len(GRADES)
 REFERABLE_FROM = 2  # ICDR grade from which DR is referable
 LESIONS = {'MA': 'Microaneurysms', 'HE': 'Haemorrhages', 'EX': 'Hard exudates', 'SE': 'Soft exudates (cotton-wool spots)'}
 MULTILABEL = (*LESIONS, 'healthy')  # multi-label target order: four lesion types, then "no lesion"
+LESION_COLOURS = {'MA': (255, 105, 180), 'HE': (255, 0, 0), 'EX': (255, 255, 0), 'SE': (0, 0, 255),  # S4 fig. 6: pink, red, yellow, blue
+                  'NV': (255, 0, 255), 'OD': (0, 255, 0)}  # RGB outline colour of each lesion (and the optic disc) in every figure
 
 # %% ../nbs/00_core.ipynb #a3cbfc08
 def grade_name(grade:int # ICDR grade 0–4
@@ -66,6 +68,14 @@ def run_dir()->Path|None:
     "The current run folder (`DRBOOK_RUN_DIR`), or None outside a run."
     p = os.environ.get('DRBOOK_RUN_DIR')
     return Path(p).expanduser() if p else None
+
+def runs_dir()->Path:
+    "Where `drbook reproduce` makes its run folders (`DRBOOK_RUNS`, default `runs/` at the project root)."
+    return _env_path('DRBOOK_RUNS', PROJECT_ROOT/'runs')
+
+def profile_name()->str:
+    "The profile of the current run (`DRBOOK_PROFILE`, set by the runner); outside a run 'sample'."
+    return os.environ.get('DRBOOK_PROFILE') or 'sample'
 
 # %% ../nbs/00_core.ipynb #4442dc01
 def work_dir(name:str # a short name, e.g. the chapter's
