@@ -4,16 +4,17 @@
 
 # %% ../nbs/01_data.ipynb #3cbcd6a1
 from __future__ import annotations
-import csv, os, re
+import csv, hashlib, os, re
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import LESIONS, atomic_write, samples_dir
 
 # %% auto #0
-__all__ = ['TABLE_COLUMNS', 'SOURCES', 'VALUE_RANGES', 'EYES', 'IMAGE_EXTS', 'IDRID_LESION_FOLDERS', 'conform_table',
-           'save_table', 'load_table', 'read_samples', 'read_aptos', 'read_eyepacs', 'read_idrid_grading',
-           'read_idrid_segmentation', 'read_mask', 'read_messidor', 'read_folder']
+__all__ = ['TABLE_COLUMNS', 'SOURCES', 'VALUE_RANGES', 'EYES', 'ERRORS', 'REPORT_COLUMNS', 'IMAGE_EXTS', 'IDRID_LESION_FOLDERS',
+           'MANIFEST', 'rows_error', 'conform_table', 'save_table', 'load_table', 'read_samples', 'check_errors',
+           'problem_report', 'read_aptos', 'read_eyepacs', 'read_idrid_grading', 'read_idrid_segmentation', 'read_mask',
+           'read_messidor', 'read_folder', 'sha256_file', 'read_manifest']
 
 # %% ../nbs/01_data.ipynb #465b661b
 TABLE_COLUMNS = {  # column: (pandas dtype, meaning), in table order
@@ -52,17 +53,22 @@ def _to_int(v):
     return int(f) if f.is_integer() else None
 
 # %% ../nbs/01_data.ipynb #cb1e7438
-def _bad_rows(df, col, bad, why):
-    "A ValueError naming (up to 10 of) the rows of `df` where `bad` holds."
-    where, has_id = df.index.name or 'row', 'image_id' in df
-    def value(i): v = df.at[i, col]; return repr(v.item() if isinstance(v, np.generic) else v)
-    rows = [f"{where} {i}" + (f" (image_id {df.at[i, 'image_id']!r})" if has_id and pd.notna(df.at[i, 'image_id']) else '')
-            + f": {col} = {value(i)} {why}" for i in df.index[np.asarray(bad, bool)][:10]]
-    more = int(np.sum(bad)) - len(rows)
-    return ValueError('bad table values:\n  ' + '\n  '.join(rows) + (f'\n  … and {more} more' if more > 0 else ''))
+def rows_error(table:pd.DataFrame, # the table
+               bad, # boolean mask over its rows
+               why:str, # what is wrong with them, e.g. 'have no ICDR grade'
+               column:str|None=None, # a column whose value is shown for each named row
+              )->ValueError:
+    "A ValueError naming (up to 10 of) the rows of `table` where `bad` holds: index (a CSV line), image id, value."
+    rows, label = table.index[np.asarray(bad, bool)], f'{table.index.name} ' if table.index.name else ''
+    ids = table['image_id'] if 'image_id' in table else table.get('image_path', pd.Series(pd.NA, index=table.index, dtype=object))
+    def value(r): v = table.at[r, column]; return repr(v.item() if isinstance(v, np.generic) else v)
+    named = [f'{label}{r}' + (f' ({ids[r]})' if pd.notna(ids[r]) else '') + (f': {column} = {value(r)}' if column else '')
+             for r in rows[:10]]
+    more = f'; … and {len(rows) - 10} more' if len(rows) > 10 else ''
+    return ValueError(f"{len(rows)} row(s) {why}: {'; '.join(named)}{more}")
 
 def _convert(df, col, dtype):
-    "Column `col` of `df` converted to `dtype`, raising `_bad_rows` for values that do not convert."
+    "Column `col` of `df` converted to `dtype`, raising `rows_error` for values that do not convert."
     s = df[col]
     if dtype == 'string': return s.astype('string')  # str() of each value, NA kept
     if s.isna().all(): return pd.Series(pd.NA, index=s.index, dtype=dtype)
@@ -71,7 +77,7 @@ def _convert(df, col, dtype):
     conv = _to_int if dtype == 'Int64' else _to_bool
     out = s.map(conv)
     bad = out.isna().to_numpy() & s.notna().to_numpy() | out.map(lambda v: v is None).to_numpy()
-    if bad.any(): raise _bad_rows(df, col, bad, 'is not a whole number' if dtype == 'Int64' else 'is not True/False')
+    if bad.any(): raise rows_error(df, bad, f'have {col} not a whole number' if dtype == 'Int64' else f'have {col} not True/False', col)
     return out.astype(dtype)
 
 # %% ../nbs/01_data.ipynb #1644f90b
@@ -86,9 +92,9 @@ def conform_table(df:pd.DataFrame, # a table with some or all of the canonical c
     for col, (dtype, _) in TABLE_COLUMNS.items(): df[col] = _convert(df, col, dtype)
     for col, (lo, hi) in VALUE_RANGES.items():
         bad = df[col].notna() & ~df[col].between(lo, hi)
-        if bad.any(): raise _bad_rows(df, col, bad.to_numpy(), f'is out of range {lo}–{hi}')
+        if bad.any(): raise rows_error(df, bad.to_numpy(), f'have {col} out of range {lo}–{hi}', col)
     bad = df['eye'].notna() & ~df['eye'].isin(EYES)
-    if bad.any(): raise _bad_rows(df, 'eye', bad.to_numpy(), "is not 'left' or 'right'")
+    if bad.any(): raise rows_error(df, bad.to_numpy(), "have an eye not 'left' or 'right'", 'eye')
     return df[list(TABLE_COLUMNS) + [c for c in df.columns if c not in TABLE_COLUMNS]]
 
 # %% ../nbs/01_data.ipynb #564f5697
@@ -136,10 +142,21 @@ def read_samples(path:Path|str|None=None, # samples.csv or its folder; default: 
     return load_table(path/'samples.csv' if path.is_dir() else path)
 
 # %% ../nbs/01_data.ipynb #4792e289
-def _check_errors(errors):
-    if errors not in ('raise', 'skip'): raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+ERRORS = ('report', 'raise')  # bad input is collected in a report (the work goes on), or raises at once
+REPORT_COLUMNS = {'path': 'string', 'row': 'Int64', 'reason': 'string'}  # a report's columns and dtypes: the file, its row, why
 
-def _problem(row, path, reason): return {'row': row, 'path': None if path is None else str(path), 'reason': reason}
+def check_errors(errors:str, # what to do with bad input: a value of ERRORS
+                )->str:
+    "`errors` when it is one of ERRORS, else a ValueError listing them."
+    if errors not in ERRORS: raise ValueError(f"errors={errors!r}: expected 'report' or 'raise'")
+    return errors
+
+def problem_report(problems=(), # dicts with `path`, `reason` and `row` (a labels-file line or a table's index; may be absent)
+                  )->pd.DataFrame:
+    "The report of bad input: one row per problem, with the columns and dtypes of REPORT_COLUMNS."
+    return pd.DataFrame(list(problems), columns=list(REPORT_COLUMNS)).astype(REPORT_COLUMNS)
+
+def _problem(row, path, reason): return {'path': None if path is None else str(path), 'row': row, 'reason': reason}
 
 def _abs(p): return Path(os.path.abspath(Path(p).expanduser()))
 
@@ -200,7 +217,7 @@ def _label(value, name, lo, hi):
     return v, None
 
 # %% ../nbs/01_data.ipynb #b8ce972a
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff')  # image files the readers look for (any case)
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.jpe', '.bmp', '.webp')  # image files drbook looks for (any case), preferred in this order
 
 def _image_index(folder:Path, exts=IMAGE_EXTS)->dict:
     "{file stem: path string} of the image files directly in `folder`, preferring extensions in `exts` order."
@@ -240,29 +257,27 @@ def _labelled_rows(labels:pd.DataFrame, # from `_read_labels`, indexed by line
     return records
 
 # %% ../nbs/01_data.ipynb #e032085a
-_REPORT = {'row': 'Int64', 'path': 'string', 'reason': 'string'}
-
 def _finish(records:list, problems:list, source:str, what:str, errors:str):
-    "The conformed table (with `errors='skip'`: `(table, report)`); with `errors='raise'`, an error listing the problems."
-    report = pd.DataFrame(problems, columns=list(_REPORT)).astype(_REPORT)
+    "The conformed table (with `errors='report'`: `(table, report)`); with `errors='raise'`, an error listing the problems."
+    report = problem_report(problems)
     if len(report) and errors == 'raise':
         lines = [('' if pd.isna(r.row) else f'line {r.row}: ') + f'{r.reason}: {r.path}' for r in report.head(20).itertuples()]
         more = f'\n  … and {len(report) - 20} more' if len(report) > 20 else ''
-        msg = f"{what}: {len(report)} problem(s) (errors='skip' leaves them out and reports them)\n  " + '\n  '.join(lines) + more
+        msg = f"{what}: {len(report)} problem(s) (errors='report' leaves them out and reports them)\n  " + '\n  '.join(lines) + more
         raise (FileNotFoundError if report['reason'].eq('missing image').all() else ValueError)(msg)
     table = pd.DataFrame(records).drop(columns=['_line'], errors='ignore')  # `_line` only served the problems
     table = conform_table(table, source).reset_index(drop=True)
-    return (table, report) if errors == 'skip' else table
+    return (table, report) if errors == 'report' else table
 
 # %% ../nbs/01_data.ipynb #2be2869c
 def read_aptos(root:Path|str, # the folder holding train.csv and train_images/
                csv:str='train.csv', # labels file, relative to `root`
                images:str='train_images', # image folder, relative to `root`
                split:str|None='train', # value of the `split` column
-               errors:str='raise', # 'raise' on any bad row, or 'skip' to return (table, report)
+               errors:str='raise', # 'raise' on any bad row, or 'report' to return (table, report)
               ):
     "APTOS 2019: `train.csv` (`id_code`, `diagnosis` 0–4) and `train_images/<id_code>.png` as a canonical table."
-    _check_errors(errors)
+    check_errors(errors)
     root = _dataset_folder(root, 'APTOS 2019')
     folder, problems = _dataset_folder(root/images, 'APTOS 2019 image'), []
     labels = _read_labels(root/csv, ['id_code', 'diagnosis'], problems)
@@ -277,10 +292,10 @@ def read_eyepacs(root:Path|str, # the folder holding trainLabels.csv
                  csv:str='trainLabels.csv', # labels file, relative to `root`
                  images:str|None=None, # image folder relative to `root`; None: `train/` if it exists, else `root`
                  split:str|None='train', # value of the `split` column
-                 errors:str='raise', # 'raise' on any bad row, or 'skip' to return (table, report)
+                 errors:str='raise', # 'raise' on any bad row, or 'report' to return (table, report)
                 ):
     "EyePACS 2015: `trainLabels.csv` (`image`, `level` 0–4) and `<patient>_<left|right>.jpeg`, patient and eye parsed."
-    _check_errors(errors)
+    check_errors(errors)
     root = _dataset_folder(root, 'EyePACS 2015')
     if images is None: images = 'train' if (root/'train').is_dir() else '.'
     folder, problems = _dataset_folder(root/images, 'EyePACS 2015 image'), []
@@ -312,10 +327,10 @@ def _idrid_splits(split):
 # %% ../nbs/01_data.ipynb #89cbc64f
 def read_idrid_grading(root:Path|str, # IDRiD's root (holding 'B. Disease Grading'), or that folder itself
                        split:str|None=None, # 'train', 'test', or None for both
-                       errors:str='raise', # 'raise' on any bad row, or 'skip' to return (table, report)
+                       errors:str='raise', # 'raise' on any bad row, or 'report' to return (table, report)
                       ):
     "IDRiD disease grading (official layout): grade 0–4 and macular-oedema risk 0–2 per image."
-    _check_errors(errors)
+    check_errors(errors)
     part, records, problems = _idrid_part(root, 'B. Disease Grading'), [], []
     fields = {'Retinopathy grade': ('grade', 0, 4), 'Risk of macular edema': ('dme_risk', 0, 2)}
     for s in _idrid_splits(split):
@@ -346,10 +361,10 @@ def _idrid_masks(gt:Path, # a split's ground-truth folder
 # %% ../nbs/01_data.ipynb #239c77e6
 def read_idrid_segmentation(root:Path|str, # IDRiD's root (holding 'A. Segmentation'), or that folder itself
                             split:str|None=None, # 'train', 'test', or None for both
-                            errors:str='raise', # 'raise' on a bad file, or 'skip' to return (table, report)
+                            errors:str='raise', # 'raise' on a bad file, or 'report' to return (table, report)
                            ):
     "IDRiD lesion segmentation (official layout): one row per image with `has_*` and `mask_*` per lesion."
-    _check_errors(errors)
+    check_errors(errors)
     part, records, problems = _idrid_part(root, 'A. Segmentation'), [], []
     for s in _idrid_splits(split):
         images = _image_index(_dataset_folder(part/'1. Original Images'/_IDRID_SPLITS[s], 'IDRiD segmentation image'))
@@ -389,10 +404,10 @@ def _messidor_sheets(path:Path)->list:
 
 def read_messidor(root_or_spreadsheet:Path|str, # Messidor's root (the BaseNN folders), or one spreadsheet
                   images:Path|str|None=None, # image folder for a single spreadsheet; default: the spreadsheet's folder
-                  errors:str='raise', # 'raise' on any bad row, or 'skip' to return (table, report)
+                  errors:str='raise', # 'raise' on any bad row, or 'report' to return (table, report)
                  ):
     "Messidor: `Image name`, `Retinopathy grade` 0–3 (kept in `messidor_grade`; `grade` NA), `Risk of macular edema` 0–2."
-    _check_errors(errors)
+    check_errors(errors)
     records, problems = [], []
     fields = {'Retinopathy grade': ('messidor_grade', 0, 3), 'Risk of macular edema': ('dme_risk', 0, 2)}
     for sheet in _messidor_sheets(_abs(root_or_spreadsheet)):
@@ -405,20 +420,40 @@ def read_messidor(root_or_spreadsheet:Path|str, # Messidor's root (the BaseNN fo
 def read_folder(root:Path|str, # the folder holding one sub-folder per ICDR grade, named 0 to 4
                 source:str='folder', # value of the `source` column
                 split:str|None=None, # value of the `split` column
-                errors:str='raise', # 'raise' on any bad folder or image, or 'skip' to return (table, report)
+                errors:str='raise', # 'raise' on any bad folder or image, or 'report' to return (table, report)
                ):
-    "A class-per-folder tree `<root>/<grade>/*.{jpg,jpeg,png}` as a canonical table."
-    _check_errors(errors)
+    "A class-per-folder tree `<root>/<grade>/<image>` (any of IMAGE_EXTS) as a canonical table."
+    check_errors(errors)
     root, records, problems = _dataset_folder(root, 'class-per-folder'), [], []
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
-    if not folders: raise FileNotFoundError(f"no grade folders in {root} (expected <root>/<grade 0–4>/*.jpg|jpeg|png)")
+    if not folders: raise FileNotFoundError(f"no grade folders in {root} (expected <root>/<grade 0–4>/<images>)")
     for d in folders:
         grade, why = _label(d.name, 'folder name', 0, 4)
         if why: problems.append(_problem(pd.NA, d, f'{why} (expected a grade folder 0–4)')); continue
         records += [{'image_path': p, 'image_id': Path(p).stem, 'grade': grade, 'split': split}
-                    for p in sorted(_image_index(d, ('.png', '.jpg', '.jpeg')).values())]
+                    for p in sorted(_image_index(d).values())]
     ids = pd.Series([r['image_id'] for r in records], dtype=object)
     for i in np.flatnonzero(ids.duplicated(keep=False)):
         problems.append(_problem(pd.NA, records[i]['image_path'], f"duplicate id {ids[i]!r} (in {(ids == ids[i]).sum()} grade folders)"))
     records = [r for r, dup in zip(records, ids.duplicated(keep=False)) if not dup]
     return _finish(records, problems, source, f'class-per-folder tree at {root}', errors)
+
+# %% ../nbs/01_data.ipynb #187eb156
+MANIFEST = 'MANIFEST.sha256'  # the checksum file of a dataset or weights folder (`sha256sum` format)
+
+def sha256_file(path:Path|str)->str:
+    "The SHA-256 hex digest of the file at `path`."
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+def read_manifest(path:Path|str, # a MANIFEST.sha256 file, or the folder holding one
+                 )->dict:
+    "`{file (relative to the manifest's folder): sha256}`; a ValueError naming a malformed line."
+    path = Path(path)/MANIFEST if Path(path).is_dir() else Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"manifest {path} not found")
+    listed = {}
+    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip(): continue
+        m = re.fullmatch(r'([0-9a-fA-F]{64}) [ *](.+)', line)
+        if not m: raise ValueError(f"{path}: line {n} is not '<sha256>  <file>': {line[:80]!r}")
+        listed[m[2]] = m[1].lower()
+    return listed

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 import keras
-from .tasks import check_task, rows_error, targets
+from .tasks import check_task, targets
+from .data import rows_error
 from .data import load_table, read_samples
 from .preprocess import preprocess_dataset, split_table
 

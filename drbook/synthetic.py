@@ -4,23 +4,23 @@
 
 # %% ../nbs/02_synthetic.ipynb #9504660d
 from __future__ import annotations
-import hashlib, math, os, shutil, sys
+import math, os, shutil, sys
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from .core import GRADES, LESIONS, PROJECT_ROOT, atomic_write
-from .data import load_table, save_table
+from .core import GRADES, LESIONS, LESION_COLOURS, PROJECT_ROOT, atomic_write
+from .data import MANIFEST, load_table, read_manifest, save_table, sha256_file
 from .core import imap_chunked
 
 # %% auto #0
-__all__ = ['LESION_TYPES', 'MASK_TYPES', 'SEVERE_HE_PER_QUADRANT', 'SAMPLES', 'NOTICE', 'LESION_COLOURS', 'FRAMES', 'SUPER',
-           'MANIFEST', 'README', 'sample_patient', 'sample_geometry', 'fov_mask', 'fov_clearance', 'sample_vessels',
-           'draw_lesion', 'sample_lesions', 'haemorrhages_per_quadrant', 'icdr_grade', 'dme_risk', 'Realism',
-           'sample_camera', 'apply_camera', 'sample_scene', 'render_scene', 'make_fundus', 'overlay_masks',
-           'sample_cohort', 'write_sample', 'write_manifest', 'check_manifest', 'build_samples', 'main']
+__all__ = ['LESION_TYPES', 'MASK_TYPES', 'SEVERE_HE_PER_QUADRANT', 'SAMPLES', 'NOTICE', 'FRAMES', 'SUPER', 'README',
+           'sample_patient', 'sample_geometry', 'fov_mask', 'fov_clearance', 'sample_vessels', 'draw_lesion',
+           'sample_lesions', 'haemorrhages_per_quadrant', 'icdr_grade', 'dme_risk', 'Realism', 'sample_camera',
+           'apply_camera', 'sample_scene', 'render_scene', 'make_fundus', 'overlay_masks', 'sample_cohort',
+           'write_sample', 'write_manifest', 'check_manifest', 'build_samples', 'main']
 
 # %% ../nbs/02_synthetic.ipynb #650985c1
 LESION_TYPES = (*LESIONS, 'NV')  # MA, HE, EX, SE and NV (new vessels or pre-retinal haemorrhage)
@@ -29,8 +29,6 @@ SEVERE_HE_PER_QUADRANT = 4  # haemorrhages needed in each of the four quadrants 
 SAMPLES = {'n_per_grade': 90, 'size': 256, 'seed': 2026}  # the settings data_samples/ is built with
 NOTICE = ('SYNTHETIC fundus-like images drawn by drbook.synthetic from random seeds: no real eye or patient, '
           'not for clinical use.')
-LESION_COLOURS = {'MA': (255, 0, 0), 'HE': (255, 140, 0), 'EX': (255, 255, 0), 'SE': (0, 200, 255),
-                  'NV': (255, 0, 255), 'OD': (0, 255, 0)}  # overlay colours (RGB) of the figures
 
 # %% ../nbs/02_synthetic.ipynb #69cdd9ee
 FRAMES = {  # frame style: (width / height, FOV radius / height range)
@@ -587,16 +585,12 @@ def write_sample(dest:Path|str, # dataset folder: writes images/<id>.jpg and mas
     return {**row, 'seed': job['seed'], 'patient_seed': job['patient_seed']}
 
 # %% ../nbs/02_synthetic.ipynb #34892661
-MANIFEST = 'MANIFEST.sha256'
-
-def _sha256(path): return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
 def write_manifest(folder:Path|str, # a dataset folder
                   )->Path:
     "Write `MANIFEST.sha256` listing the SHA-256 of every other file under `folder` (sorted, `sha256sum` format)."
     folder = Path(folder)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file() and p.name != MANIFEST)
-    text = ''.join(f'{_sha256(folder/f)}  {f}\n' for f in files)
+    text = ''.join(f'{sha256_file(folder/f)}  {f}\n' for f in files)
     return atomic_write(folder/MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
 
 def check_manifest(folder:Path|str, # a dataset folder holding MANIFEST.sha256
@@ -604,10 +598,10 @@ def check_manifest(folder:Path|str, # a dataset folder holding MANIFEST.sha256
     "Problems found comparing `folder` with its manifest: missing, changed and unlisted files (empty when it matches)."
     folder = Path(folder)
     if not (folder/MANIFEST).is_file(): return [f'{folder/MANIFEST}: no manifest']
-    listed = dict(line.split('  ', 1)[::-1] for line in (folder/MANIFEST).read_text(encoding='utf-8').splitlines())
+    listed = read_manifest(folder)
     present = {p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file() and p.name != MANIFEST}
     return ([f'{f}: missing' for f in sorted(set(listed) - present)] + [f'{f}: not in the manifest' for f in sorted(present - set(listed))]
-            + [f'{f}: changed' for f in sorted(set(listed) & present) if _sha256(folder/f) != listed[f]])
+            + [f'{f}: changed' for f in sorted(set(listed) & present) if sha256_file(folder/f) != listed[f]])
 
 # %% ../nbs/02_synthetic.ipynb #edfd7908
 README = """{notice}

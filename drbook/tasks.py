@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from .core import N_GRADES, MULTILABEL, REFERABLE_FROM
+from .data import rows_error  # its one home: the readers name bad rows the same way
 
 # %% auto #0
-__all__ = ['TASKS', 'N_OUTPUTS', 'DEFAULT_CUTPOINTS', 'Task', 'get_task', 'check_task', 'rows_error', 'table_grades',
-           'encode_ordinal', 'decode_ordinal', 'lesion_labels', 'targets', 'as_float', 'check_length', 'check_scores',
-           'check_cutpoints', 'check_thresholds', 'scores_to_grades', 'class_scores', 'referable_score', 'output_layer',
-           'logits_layer', 'keras_objects', 'pos_weights', 'loss_for', 'keras_metrics', 'target_grades']
+__all__ = ['TASKS', 'N_OUTPUTS', 'DEFAULT_CUTPOINTS', 'Task', 'get_task', 'check_task', 'table_grades', 'encode_ordinal',
+           'decode_ordinal', 'lesion_labels', 'targets', 'as_float', 'check_length', 'check_scores', 'check_cutpoints',
+           'check_thresholds', 'scores_to_grades', 'class_scores', 'referable_score', 'output_layer', 'logits_layer',
+           'keras_objects', 'pos_weights', 'loss_for', 'keras_metrics', 'target_grades']
 
 # %% ../nbs/03a_tasks.ipynb #ca74db24
 @dataclass(frozen=True)
@@ -53,17 +54,6 @@ def check_task(task:str|Task)->str:
     return get_task(task).name
 
 # %% ../nbs/03a_tasks.ipynb #f1db9940
-def rows_error(table:pd.DataFrame, # the table
-               bad, # boolean mask over its rows
-               why:str, # what is wrong with them, e.g. 'have no ICDR grade'
-              )->ValueError:
-    "A ValueError naming (up to 10 of) the rows of `table` where `bad` holds, by index and image id."
-    rows = table.index[np.asarray(bad, bool)]
-    ids = table['image_id'] if 'image_id' in table else table.get('image_path', pd.Series(index=table.index, dtype=str))
-    named = ', '.join(f'{r} ({ids[r]})' if pd.notna(ids.get(r)) else str(r) for r in rows[:10])
-    more = f' and {len(rows) - 10} more' if len(rows) > 10 else ''
-    return ValueError(f"{len(rows)} row(s) {why}: {named}{more}")
-
 def table_grades(table:pd.DataFrame)->np.ndarray:
     "The `grade` column as int64, checked to be known and on the ICDR scale 0–4."
     if 'grade' not in table: raise ValueError(f"the table has no 'grade' column (columns: {list(table.columns)})")

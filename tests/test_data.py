@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from drbook import data
-from drbook.data import (TABLE_COLUMNS, conform_table, save_table, load_table, read_samples, read_aptos,
+from drbook.data import (TABLE_COLUMNS, REPORT_COLUMNS, conform_table, save_table, load_table, read_samples, read_aptos,
                          read_eyepacs, read_idrid_grading, read_idrid_segmentation, read_messidor, read_folder,
                          read_mask)
 
@@ -93,20 +93,20 @@ def test_conform_table_order_dtypes_extras_and_no_mutation():
     pd.testing.assert_frame_equal(df, before)
 
 @pytest.mark.parametrize('col,value,message', [
-    ('grade', 5, "row 1 (image_id 'b'): grade = 5 is out of range 0–4"),
-    ('grade', -1, 'grade = -1 is out of range 0–4'),
-    ('messidor_grade', 4, 'messidor_grade = 4 is out of range 0–3'),
-    ('dme_risk', 3, 'dme_risk = 3 is out of range 0–2'),
-    ('grade', 'two', "grade = 'two' is not a whole number"),
-    ('grade', 1.5, 'grade = 1.5 is not a whole number'),
-    ('eye', 'both', "eye = 'both' is not 'left' or 'right'"),
-    ('has_MA', 'perhaps', "has_MA = 'perhaps' is not True/False"),
+    ('grade', 5, "1 row(s) have grade out of range 0–4: 1 (b): grade = 5"),
+    ('grade', -1, 'have grade out of range 0–4: 1 (b): grade = -1'),
+    ('messidor_grade', 4, 'have messidor_grade out of range 0–3: 1 (b): messidor_grade = 4'),
+    ('dme_risk', 3, 'have dme_risk out of range 0–2: 1 (b): dme_risk = 3'),
+    ('grade', 'two', "have grade not a whole number: 1 (b): grade = 'two'"),
+    ('grade', 1.5, 'have grade not a whole number: 1 (b): grade = 1.5'),
+    ('eye', 'both', "have an eye not 'left' or 'right': 1 (b): eye = 'both'"),
+    ('has_MA', 'perhaps', "have has_MA not True/False: 1 (b): has_MA = 'perhaps'"),
 ])
 def test_conform_table_rejects_bad_values_naming_the_row(col, value, message):
     df = pd.DataFrame({'image_id': ['a', 'b'], col: [pd.NA, value]}).astype({col: object})
     with pytest.raises(ValueError) as e: conform_table(df)
     assert message in str(e.value)
-    assert 'row 0' not in str(e.value)
+    assert ': 0 (a)' not in str(e.value)
 
 def test_save_load_round_trip_relative_paths(tmp_path):
     root = tmp_path/'ds'
@@ -138,7 +138,7 @@ def test_load_table_errors_name_the_file(tmp_path):
     text = (tmp_path/'t.csv').read_text().splitlines()
     text[3] = text[3].replace(',2,', ',9,')
     write(tmp_path/'t.csv', '\n'.join(text) + '\n')
-    with pytest.raises(ValueError, match=r"t.csv: bad table values:\n  line 4 \(image_id 'c'\): grade = 9 is out of range"):
+    with pytest.raises(ValueError, match=r"t.csv: 1 row\(s\) have grade out of range 0–4: line 4 \(c\): grade = 9"):
         load_table(tmp_path/'t.csv')
 
 def test_read_samples_default_and_explicit(tmp_path, monkeypatch):
@@ -177,23 +177,23 @@ def test_aptos_reads_its_layout(tmp_path):
     ('id_code,diagnosis\n,2\n', ValueError, [2], 'id_code is empty', []),
     ('id_code,diagnosis\na1,2,3\nb2,1\n', ValueError, [2], '3 fields, the header has 2', ['b2']),
 ])
-def test_aptos_bad_rows_raise_or_skip(tmp_path, csv_text, error, lines, reason, kept):
+def test_aptos_bad_rows_raise_or_report(tmp_path, csv_text, error, lines, reason, kept):
     root = make_aptos(tmp_path/'aptos')
     write(root/'train.csv', csv_text)
     before = snapshot(root)
     with pytest.raises(error) as e: read_aptos(root)
     for n in lines: assert f'line {n}: {reason}: ' in str(e.value)
     assert str(root) in str(e.value)
-    t, report = read_aptos(root, errors='skip')
-    assert list(report.columns) == ['row', 'path', 'reason']
+    t, report = read_aptos(root, errors='report')
+    assert list(report.columns) == list(REPORT_COLUMNS) == ['path', 'row', 'reason']
     assert report['row'].tolist() == lines and set(report['reason']) == {reason}
     assert t['image_id'].tolist() == kept and list(t.columns) == list(TABLE_COLUMNS)
     assert snapshot(root) == before
 
-def test_aptos_skip_keeps_good_rows_and_reports_the_rest(tmp_path):
+def test_aptos_report_keeps_good_rows_and_reports_the_rest(tmp_path):
     root = make_aptos(tmp_path/'aptos')
     write(root/'train.csv', 'id_code,diagnosis\na1,2\nmissing,1\nb2,7\nc3,4\nc3,4\n')
-    t, report = read_aptos(root, errors='skip')
+    t, report = read_aptos(root, errors='report')
     assert t['image_id'].tolist() == ['a1']
     assert report['row'].tolist() == [3, 4, 5, 6]
     assert report['reason'].tolist() == ['missing image', 'diagnosis 7 is out of range 0–4',
@@ -206,7 +206,7 @@ def test_aptos_missing_or_unreadable_files(tmp_path):
     root = make_aptos(tmp_path/'aptos')
     (root/'train.csv').rename(root/'labels.csv')
     with pytest.raises(FileNotFoundError, match=r'labels file .*train.csv not found'): read_aptos(root)
-    with pytest.raises(FileNotFoundError, match=r'labels file .*train.csv not found'): read_aptos(root, errors='skip')
+    with pytest.raises(FileNotFoundError, match=r'labels file .*train.csv not found'): read_aptos(root, errors='report')
     assert len(read_aptos(root, csv='labels.csv')) == 3
     write(root/'train.csv', 'id_code,diagnosis\n"a1,2\n')
     with pytest.raises(ValueError, match=r'train.csv: unreadable CSV'): read_aptos(root)
@@ -216,7 +216,7 @@ def test_aptos_missing_or_unreadable_files(tmp_path):
     with pytest.raises(ValueError, match=r'train.csv: empty labels file'): read_aptos(root)
     with pytest.raises(FileNotFoundError, match=r'APTOS 2019 image folder .*pngs not found'): read_aptos(root, images='pngs')
     with pytest.raises(FileNotFoundError, match='nowhere'): read_aptos(tmp_path/'nowhere')
-    with pytest.raises(ValueError, match="errors must be 'raise' or 'skip'"): read_aptos(root, errors='ignore')
+    with pytest.raises(ValueError, match="errors='ignore': expected 'report' or 'raise'"): read_aptos(root, errors='ignore')
 
 # ---------------------------------------------------------------- EyePACS 2015
 
@@ -242,7 +242,7 @@ def test_eyepacs_bad_inputs(tmp_path):
     assert 'line 5: name is not <patient>_<left|right>' in msg and '14.jpeg' in msg
     assert 'line 6: missing image' in msg and '15_left.jpeg' in msg
     assert "duplicate id '10_left' (lines 2, 7)" in msg
-    t, report = read_eyepacs(root, errors='skip')
+    t, report = read_eyepacs(root, errors='report')
     assert t['image_id'].tolist() == ['13_left']
     assert sorted(report['row'].tolist()) == [2, 3, 5, 6, 7]
 
@@ -272,7 +272,7 @@ def test_idrid_grading_bad_rows(tmp_path):
     assert 'line 2: Risk of macular edema 3 is out of range 0–2' in msg
     assert 'line 3: Retinopathy grade 5 is out of range 0–4' in msg
     assert 'line 5: missing image' in msg and 'IDRiD_009.jpg' in msg
-    t, report = read_idrid_grading(root, errors='skip')
+    t, report = read_idrid_grading(root, errors='report')
     assert t[['split', 'image_id']].values.tolist() == [['train', 'IDRiD_003'], ['test', 'IDRiD_001'], ['test', 'IDRiD_002']]
     assert report['row'].tolist() == [2, 3, 5]
     (root/'B. Disease Grading'/'2. Groundtruths'/IDRID_TEST_CSV).unlink()
@@ -282,7 +282,7 @@ def test_idrid_grading_value_in_an_unnamed_column_is_reported(tmp_path):
     root = make_idrid(tmp_path/'IDRiD')
     write(root/'B. Disease Grading'/'2. Groundtruths'/IDRID_TRAIN_CSV,
           'Image name,Retinopathy grade,Risk of macular edema ,,,\nIDRiD_001,3,2,,,\nIDRiD_002,0,0,,note,\n')
-    t, report = read_idrid_grading(root, split='train', errors='skip')
+    t, report = read_idrid_grading(root, split='train', errors='report')
     assert t['image_id'].tolist() == ['IDRiD_001']
     assert report[['row', 'reason']].values.tolist() == [[3, '6 fields, the header has 3']]
 
@@ -314,7 +314,7 @@ def test_idrid_segmentation_mask_for_unknown_image(tmp_path):
     assert 'mask for an unknown image IDRiD_07' in str(e.value) and 'IDRiD_07_MA.tif' in str(e.value)
     assert 'not a mask name IDRiD_NN_MA.tif' in str(e.value) and 'notes.txt' in str(e.value)
     assert '.DS_Store' not in str(e.value)
-    t, report = read_idrid_segmentation(root, errors='skip')
+    t, report = read_idrid_segmentation(root, errors='report')
     assert len(t) == 3 and report['row'].isna().all()
     assert sorted(Path(p).name for p in report['path']) == ['IDRiD_07_MA.tif', 'notes.txt']
 
@@ -357,7 +357,7 @@ def test_messidor_bad_rows(tmp_path):
     with pytest.raises(ValueError) as e: read_messidor(root)
     assert 'line 2: Retinopathy grade 4 is out of range 0–3' in str(e.value) and 'Annotation_Base12.csv' in str(e.value)
     assert 'line 3: missing image' in str(e.value)
-    t, report = read_messidor(root, errors='skip')
+    t, report = read_messidor(root, errors='report')
     assert len(t) == 2 and len(report) == 2
     (tmp_path/'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='no Messidor annotation spreadsheet'): read_messidor(tmp_path/'empty')
@@ -401,7 +401,7 @@ def test_folder_tree_bad_inputs(tmp_path):
     msg = str(e.value)
     assert 'folder name 7 is out of range 0–4' in msg and "folder name 'mild' is not a whole number" in msg
     assert "duplicate id 'a' (in 2 grade folders)" in msg
-    t, report = read_folder(root, errors='skip')
+    t, report = read_folder(root, errors='report')
     assert t['image_id'].tolist() == ['b'] and len(report) == 4
     with pytest.raises(FileNotFoundError, match='no grade folders'): read_folder(root/'0')
     with pytest.raises(FileNotFoundError, match='not found'): read_folder(tmp_path/'absent')
@@ -465,7 +465,7 @@ def test_real_idrid_segmentation_masks(idrid_root):
 def test_real_idrid_is_unchanged_by_reading(idrid_root):
     before = snapshot(idrid_root)
     assert len(before[0]) >= 80
-    read_idrid_grading(idrid_root); read_idrid_grading(idrid_root, errors='skip')
+    read_idrid_grading(idrid_root); read_idrid_grading(idrid_root, errors='report')
     t = read_idrid_segmentation(idrid_root)
     for p in t['mask_SE'].dropna(): read_mask(p)
     assert snapshot(idrid_root) == before
