@@ -16,8 +16,7 @@ from .tasks import output_layer
 __all__ = ['BACKBONES', 'PRETRAINED', 'HEADS', 'Backbone', 'get_backbone', 'PreprocessInput', 'Pretrained', 'pretrained_dir',
            'pretrained_file', 'resolve_weights', 'weights_used', 'keras_weights_path', 'dense_head', 'conv_head',
            'add_head', 'build_model', 'backbone_of', 'backbone_layers', 'head_layers', 'backbone_arrays',
-           'load_pretrained', 'block_labels', 'block_names', 'conv_output_model', 'feature_model', 'head_model',
-           'calibrate_batchnorm']
+           'load_pretrained', 'block_labels', 'block_names', 'feature_model', 'head_model', 'calibrate_batchnorm']
 
 # %% ../nbs/08_transfer_learning.ipynb #c3389c92
 @dataclass(frozen=True)
@@ -274,14 +273,6 @@ def block_labels(model:keras.Model)->list:
 def block_names(model:keras.Model)->list:
     "The backbone's blocks of `model`, bottom to top."
     return list(dict.fromkeys(block_labels(model)))
-
-# %% ../nbs/08_transfer_learning.ipynb #00222cd5
-def conv_output_model(model:keras.Model, # a model from build_model
-                      layer:str|None=None, # the feature-map layer; None = the backbone's last conv output
-                     )->keras.Model:
-    "A model mapping the input to `[feature maps of layer, predictions]` in one graph."
-    name = layer or backbone_of(model).last_conv
-    return keras.Model(model.input, [model.get_layer(name).output, model.output], name=f'{model.name}_conv_output')
 
 # %% ../nbs/08_transfer_learning.ipynb #34448d5d
 def feature_model(model:keras.Model)->keras.Model:

@@ -7,7 +7,7 @@ import keras
 from drbook.tasks import output_layer
 from drbook.train import save_model, load_model
 from drbook.gradcam import (gradcam, gradcam_plus_plus, layer_cam, score_cam, guided_backprop, guided_gradcam,
-                            feature_layer, overlay)
+                            feature_layer, overlay, keras_io_gradcam, cam_model, normalise_maps, METHODS, cam_method)
 
 SIZE = 24
 
@@ -41,20 +41,9 @@ def sequential_model():
 @pytest.fixture(scope='module')
 def images(): return np.random.default_rng(0).uniform(0, 255, (6, SIZE, SIZE, 3)).astype('float32')
 
-def reference(features_fn, images, class_index=None):
-    "Grad-CAM one image at a time: `features_fn(image[None])` → (feature maps, logits) inside a GradientTape."
-    out = []
-    for i, im in enumerate(images):
-        with tf.GradientTape() as tape:
-            feats, logits = features_fn(im[None])
-            logits = tf.reshape(logits, (1, -1))
-            c = int(tf.argmax(logits[0])) if class_index is None else class_index[i]
-            score = logits[0, c]
-        w = tf.reduce_mean(tape.gradient(score, feats), axis=(1, 2))
-        cam = tf.nn.relu(tf.reduce_sum(feats * w[:, None, None, :], -1))[..., None]
-        cam = tf.image.resize(cam, im.shape[:2])[0, ..., 0].numpy()
-        out.append(cam / cam.max() if cam.max() > 0 else cam)
-    return np.stack(out)
+def reference(grad_model, images, class_index=None):
+    "drbook's one reference: keras.io's Grad-CAM, one image and one GradientTape at a time, upsampled to the images."
+    return keras_io_gradcam(grad_model, images, class_index, size=images.shape[1:3])
 
 def flat_fn(model, layer='conv2'):
     return keras.Model(model.inputs, [model.get_layer(layer).output, model.get_layer('logits').output])
@@ -166,12 +155,81 @@ def test_bad_input(images):
     dense = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(5, name='logits'),
                               keras.layers.Activation('softmax', name='predictions')])
     with pytest.raises(ValueError, match="has no convolution"): gradcam(dense, images)
-    soft = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
-                             keras.layers.Dense(5, activation='softmax')])
-    with pytest.raises(ValueError, match="before softmax/sigmoid"): gradcam(soft, images)
+    inp = keras.Input((SIZE, SIZE, 3))
+    op = keras.Model(inp, keras.ops.softmax(keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp)))))
+    with pytest.raises(ValueError, match="operation such as keras.ops.softmax follows it"): gradcam(op, images)
+    conv_soft = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3), keras.layers.Conv2D(5, 3, activation='softmax')])
+    with pytest.raises(ValueError, match=r"ends in .*\(Conv2D, activation 'softmax'\), whose scores before the activation cannot be read"):
+        gradcam(conv_soft, images, layer=conv_soft.layers[0].name)
     with pytest.raises(ValueError, match=r"image must have shape \(H, W, 3\)"): overlay(images[0, ..., 0], np.zeros((4, 4)))
 
 def test_overlay():
     img = np.full((16, 16, 3), 255., 'float32')
     out = overlay(img, np.zeros((4, 4)), alpha=0.5)
     assert out.shape == (16, 16, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+
+# keras.io-style classifiers: the last layer is Dense(5, activation='softmax'), no logits tensor in the model
+
+def keras_io_mobilenet():
+    "keras.io's transfer-learning style: a MobileNetV2 backbone called as one layer, pooling, Dense(5, softmax)."
+    keras.utils.set_random_seed(1)
+    base = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, include_top=False)
+    inputs = keras.Input((96, 96, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(base(x, training=False))
+    return keras.Model(inputs, keras.layers.Dense(5, activation='softmax')(x), name='keras_io_mobilenet'), base
+
+def keras_io_sequential():
+    keras.utils.set_random_seed(2)
+    return keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
+                             keras.layers.Conv2D(6, 3, activation='relu'), keras.layers.Conv2D(8, 3, activation='relu', name='last_conv'),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5, activation='softmax')], name='seq_softmax')
+
+def pre_softmax(dense, x):
+    "The Dense layer's score before its softmax, written out: x @ kernel + bias."
+    return tf.matmul(x, dense.kernel) + dense.bias
+
+def assert_unchanged(model, weights, preds, x):
+    assert all((a == b).all() for a, b in zip(weights, model.get_weights()))
+    assert model.layers[-1].activation.__name__ == 'softmax' and len(model.outputs) == 1
+    np.testing.assert_array_equal(model.predict(x, verbose=0), preds)
+
+def test_keras_io_nested_mobilenet_softmax_equals_gradient_tape():
+    m, base = keras_io_mobilenet()
+    x = np.random.default_rng(3).uniform(0, 255, (4, 96, 96, 3)).astype('float32')
+    from drbook.transfer import calibrate_batchnorm
+    calibrate_batchnorm(base, x / 127.5 - 1)  # random BatchNorm statistics would leave the features flat
+    weights, preds = [w.copy() for w in m.get_weights()], m.predict(x, verbose=0)
+    rescale, gap, dense = m.layers[1], m.layers[3], m.layers[-1]
+    def grad_model(im):  # by hand: the backbone's output, and the head's score before the softmax
+        feats = base(rescale(im), training=False)
+        return feats, pre_softmax(dense, gap(feats))
+    assert feature_layer(m) == f'{base.name}/out_relu'
+    for idx in (None, [0, 1, 2, 3]):
+        np.testing.assert_allclose(gradcam(m, x, idx), reference(grad_model, x, idx), atol=1e-4)
+    assert_unchanged(m, weights, preds, x)
+
+def test_keras_io_sequential_softmax_equals_gradient_tape(images):
+    m = keras_io_sequential()
+    weights, preds = [w.copy() for w in m.get_weights()], m.predict(images, verbose=0)
+    k = [l.name for l in m.layers].index('last_conv')
+    def grad_model(im):
+        h = im
+        for l in m.layers[:k + 1]: h = l(h)
+        return h, pre_softmax(m.layers[-1], m.layers[-2](h))
+    for idx in (None, 4):
+        np.testing.assert_allclose(gradcam(m, images, idx), reference(grad_model, images, idx), atol=1e-4)
+    feats, scores = cam_model(m)(images)
+    np.testing.assert_allclose(tf.nn.softmax(scores).numpy(), preds, atol=1e-6)  # the scores are the softmax's logits
+    for name, fn in METHODS.items():  # every method explains it, and leaves it alone
+        out = fn(m, images)
+        assert np.isfinite(out).all() and out.shape[:3] == images.shape[:3], name
+    assert_unchanged(m, weights, preds, images)
+
+def test_one_normalisation_and_one_vocabulary():
+    maps = np.stack([np.zeros((3, 3)), np.arange(9.).reshape(3, 3)])
+    out = normalise_maps(maps)
+    assert (out[0] == 0).all() and out[1].max() == 1 and not np.isnan(out).any()
+    assert normalise_maps(maps, size=(6, 6)).shape == (2, 6, 6)
+    assert cam_method('gradcam') is gradcam
+    with pytest.raises(ValueError, match=r"cam='gradcam\+\+\+': expected one of \['gradcam', 'gradcam\+\+'"): cam_method('gradcam+++', 'cam')
