@@ -10,7 +10,7 @@ from drbook.preprocess import preprocess_image
 from drbook.scratch import build_scratch_cnn
 from drbook.train import compile_for, save_model, save_model_meta, load_model_meta
 from drbook.predict import predict_folder
-from drbook.reproduce import main
+from drbook.cli import main
 
 SIZE, RECIPE = 64, 'graham'
 HOSTILE = '<img src=x onerror=alert(1)>.jpg'

@@ -200,7 +200,7 @@ def test_compare_two_runs_prints_the_table_and_fails_on_a_regression(course):
     assert drbook('compare', a, str(tmp)).returncode == 2  # not a run folder
 
 def test_every_profile_sets_only_declared_parameters():
-    from drbook.reproduce import check_parameters, list_profiles, load_profile
+    from drbook.profiles import check_parameters, list_profiles, load_profile
     names = list_profiles()
     assert {'sample', 'idrid-mini', 's1-aptos2019', 's2-resnet-finetune', 's3-eyepacs2015', 's4-multilabel'} <= set(names), names
     for n in names:
@@ -234,7 +234,7 @@ def test_check_reads_the_datasets_and_prints_the_plan(idrid_root):
 
 def test_the_sample_reference_covers_every_chapter_with_measured_tolerances():
     ref = json.loads((ROOT/'reference'/'sample.json').read_text())
-    from drbook.reproduce import chapter_notebooks
+    from drbook.profiles import chapter_notebooks
     recording = {p.stem for p in chapter_notebooks() if "record(" in p.read_text()}
     assert recording <= set(ref['notebooks']), recording - set(ref['notebooks'])
     checked = 0

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Checks the notebook conventions nbdev_clean does not: committed notebooks carry no outputs (executed copies
 live under runs/), every numbered notebook starts with `#| default_exp`, an H1 title, and one `parameters` cell,
-and every numbered notebook that reads images declares `table_csv` (the rule is `drbook.reproduce.reads_images`,
+and every numbered notebook that reads images declares `table_csv` (the rule is `drbook.profiles.reads_images`,
 the one `drbook reproduce` also applies)."""
 import sys
 from functools import cache
 from pathlib import Path
 import nbformat
-from drbook.reproduce import declared_parameters, image_readers, reads_images
+from drbook.profiles import declared_parameters, image_readers, reads_images
 
 readers = cache(image_readers)  # drbook's functions that read images, found once from the notebooks
 
