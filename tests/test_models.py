@@ -1,0 +1,74 @@
+"""Trained models as keyed artefacts: chapters reuse a model only when everything that made it is the same."""
+import json, os
+from pathlib import Path
+import numpy as np
+import pytest
+import papermill as pm
+from drbook.core import PROJECT_ROOT, samples_dir
+from drbook.data import load_table, save_table
+from drbook import registry
+
+NBS = PROJECT_ROOT/'nbs'
+
+
+def _run_07(tmp_path, table_csv, tag):
+    "Execute chapter 07 outside a run folder, small and fast; return the executed notebook's text."
+    out = tmp_path/f'07_{tag}.ipynb'
+    pm.execute_notebook(str(NBS/'07_scratch_cnn.ipynb'), str(out), cwd=str(NBS), kernel_name='python3', progress_bar=False,
+                        parameters=dict(table_csv=str(table_csv), experiments=['sample'], image_size=48, epochs=2, batch_size=32))
+    return out.read_text(encoding='utf-8')
+
+
+def _models(cache:Path)->dict:
+    "{folder name: mtime of its model.keras} of the finished models in the model cache."
+    return {p.parent.name: p.stat().st_mtime_ns for p in (cache/'models').glob('*/model.keras')}
+
+
+@pytest.mark.slow
+def test_chapter_07_trains_once_per_configuration(tmp_path, monkeypatch):
+    "Two tables train two models; the first table again reuses its model without training."
+    cache = tmp_path/'cache'
+    monkeypatch.setenv('DRBOOK_CACHE', str(cache))
+    for k in ('DRBOOK_RUN_DIR', 'DRBOOK_NOTEBOOK'): monkeypatch.delenv(k, raising=False)
+    table = load_table(samples_dir()/'samples.csv')
+    a = save_table(table[np.arange(len(table)) % 5 != 0], tmp_path/'a'/'table.csv')
+    b = save_table(table[np.arange(len(table)) % 7 != 0], tmp_path/'b'/'table.csv')
+    _run_07(tmp_path, a, 'a')
+    after_a = _models(cache)
+    assert len(after_a) == 1
+    _run_07(tmp_path, b, 'b')
+    after_b = _models(cache)
+    assert len(after_b) == 2 and set(after_a) < set(after_b)  # another table: another model, the first one kept
+    text = _run_07(tmp_path, a, 'a_again')
+    assert _models(cache) == after_b  # nothing trained, nothing rewritten
+    assert 'reusing the model trained earlier' in text
+    index = registry.read_index(cache/'models')  # published outside a run: the model cache's index
+    assert Path(index['07/sample']['folder']).name in after_a
+
+
+def test_load_refuses_an_unfinished_model_and_reads_format_1(tmp_path, monkeypatch):
+    "A model folder whose training did not finish is refused by name; drbook 0.1's model.json still reads."
+    from drbook.models import load, load_meta, save_meta
+    save_meta(tmp_path, 'multiclass', 64, recipe='graham', complete=False)
+    (tmp_path/'model.keras').write_bytes(b'')
+    with pytest.raises(ValueError, match='still training'): load(tmp_path)
+    (tmp_path/'model.json').write_text(json.dumps({'task': 'regression', 'image_size': 32, 'recipe': None,
+                                                   'cutpoints': [0.5, 1.5, 2.5, 3.5]}))  # format 1, no key
+    meta = load_meta(tmp_path)
+    assert (meta['format'], meta['complete'], meta['key']) == (1, True, '')
+    np.testing.assert_array_equal(meta['cutpoints'], [0.5, 1.5, 2.5, 3.5])
+
+
+def test_reference_resolves_in_the_run_then_an_earlier_run(tmp_path, monkeypatch):
+    "In a run, '@08/x' is looked up in the run; when 08 did not run there, in the latest earlier run of the profile."
+    runs = tmp_path/'runs'
+    monkeypatch.setenv('DRBOOK_RUNS', str(runs)); monkeypatch.setenv('DRBOOK_PROFILE', 'sample')
+    old, new, other = runs/'sample-20260101-000000', runs/'sample-20260102-000000', runs/'idrid-mini-20260103-000000'
+    for run, name in [(old, 'old'), (new, 'new'), (other, 'other')]:
+        (run/'models'/name).mkdir(parents=True)
+        monkeypatch.setenv('DRBOOK_RUN_DIR', str(run))
+        registry.publish(f'08/{name}' if run != new else f'07/{name}', run/'models'/name, 'multiclass')
+    current = runs/'sample-20260104-000000'; current.mkdir()
+    assert registry.resolve_reference('@08/old', run=current) == (old/'models'/'old').resolve()
+    with pytest.raises(LookupError, match='it published: 08/old'): registry.resolve_reference('@08/other', run=current)
+    assert registry.find_run('08', 'idrid-mini') == other
