@@ -2,8 +2,9 @@
 
 On one model (MobileNetV2, weights=None, BatchNorm calibrated on the images, 5-grade head; Grad-CAM on its last
 conv output `out_relu`) and 32 images, times `drbook.gradcam.gradcam` (one forward and backward pass per batch,
-compiled once) against (a) keras.io's Grad-CAM example run in a per-image loop, written as keras.io writes it (a
-gradient model built per call; the softmax removed, here by taking the `logits` layer's output as the model output)
+compiled once) against (a) keras.io's Grad-CAM example run in a per-image loop: `drbook.gradcam.keras_io_gradcam`,
+drbook's one reference Grad-CAM (also used by the tests and chapter 12), on keras.io's `grad_model` (the feature maps
+and the `logits` layer's output: keras.io's "remove last layer's softmax")
 and (b) tf-keras-vis's `Gradcam` (with `ReplaceToLinear`, as its README does), when it can be imported (install it
 for the benchmark only: `pip install tf-keras-vis`). Each is run once to warm up, then `--rounds` times; the median
 is reported. The maps are compared after the same normalisation: each method's low-resolution map upsampled
@@ -19,37 +20,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 from drbook.transfer import build_model, calibrate_batchnorm
-from drbook.gradcam import gradcam
-
-def make_gradcam_heatmap(img_array, model, last_conv_layer_name, pred_index=None):
-    "keras.io's `make_gradcam_heatmap` (examples/vision/grad_cam), unchanged apart from this docstring."
-    # First, we create a model that maps the input image to the activations
-    # of the last conv layer as well as the output predictions
-    grad_model = keras.models.Model(
-        model.inputs, [model.get_layer(last_conv_layer_name).output, model.output]
-    )
-    # Then, we compute the gradient of the top predicted class for our input image
-    # with respect to the activations of the last conv layer
-    with tf.GradientTape() as tape:
-        last_conv_layer_output, preds = grad_model(img_array)
-        if pred_index is None:
-            pred_index = tf.argmax(preds[0])
-        class_channel = preds[:, pred_index]
-    # This is the gradient of the output neuron (top predicted or chosen)
-    # with regard to the output feature map of the last conv layer
-    grads = tape.gradient(class_channel, last_conv_layer_output)
-    # This is a vector where each entry is the mean intensity of the gradient
-    # over a specific feature map channel
-    pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
-    # We multiply each channel in the feature map array
-    # by "how important this channel is" with regard to the top predicted class
-    # then sum all the channels to obtain the heatmap class activation
-    last_conv_layer_output = last_conv_layer_output[0]
-    heatmap = last_conv_layer_output @ pooled_grads[..., tf.newaxis]
-    heatmap = tf.squeeze(heatmap)
-    # For visualization purpose, we will also normalize the heatmap between 0 & 1
-    heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
-    return heatmap.numpy()
+from drbook.gradcam import gradcam, keras_io_gradcam
 
 def same_normalisation(maps, size):
     "Low-resolution maps (n, h, w) → upsampled bilinearly to `size`, divided by their maximum (NaN from 0/0 → 0)."
@@ -69,12 +40,12 @@ def main(size=128, n=32, rounds=5, seed=0):
     images = rng.uniform(0, 255, (n, size, size, 3)).astype('float32')
     model = calibrate_batchnorm(build_model('MobileNetV2', 'multiclass', size, weights=None), images)
     layer = 'out_relu'
-    logits_model = keras.Model(model.inputs, model.get_layer('logits').output)  # keras.io: "Remove last layer's softmax"
-    classes = logits_model.predict(images, verbose=0).argmax(1)
+    grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.get_layer('logits').output])  # keras.io's, without the softmax
+    classes = model.predict(images, verbose=0).argmax(1)
     print(f"MobileNetV2 at {size} px, {n} images, Grad-CAM on {layer!r}, median of {rounds} rounds after a warm-up")
 
     ours = lambda: gradcam(model, images, classes, layer)
-    loop = lambda: np.stack([make_gradcam_heatmap(images[i:i + 1], logits_model, layer, int(classes[i])) for i in range(n)])
+    loop = lambda: keras_io_gradcam(grad_model, images, classes)
     t_ours, t_loop = timed(ours, rounds), timed(loop, rounds)
     maps = ours()
     rows = [('drbook gradcam (batched)', t_ours, None),

@@ -219,6 +219,22 @@ def feature_layer(model:keras.Model, # the model to explain
     if rank != 4: raise ValueError(f"layer={layer!r} outputs rank {rank}, expected 4-D feature maps (batch, height, width, channels)")
     return address
 
+# %% ../nbs/12_gradcam.ipynb #81a74eff
+def _step(explain:keras.Model, wrt_input:bool):
+    "A compiled `(images, idx, all_classes) → (features, scores, gradients, idx)` for an explainer [features, scores]."
+    @tf.function(reduce_retracing=True)
+    def step(images, idx, all_classes:bool):
+        with tf.GradientTape(persistent=all_classes) as tape:
+            tape.watch(images)
+            feats, scores = explain(images, training=False)
+            scores = tf.reshape(tf.cast(scores, tf.float32), (-1, int(np.prod(scores.shape[1:]))))  # static width: range() below needs it
+            idx = tf.where(idx < 0, tf.argmax(scores, 1, output_type=tf.int32), idx)
+            chosen = [scores[:, k] for k in range(scores.shape[1])] if all_classes else [tf.gather(scores, idx, batch_dims=1)]
+        target = images if wrt_input else feats
+        grads = tf.stack([tf.cast(tape.gradient(c, target), tf.float32) for c in chosen], 1)
+        return tf.cast(feats, tf.float32), scores, grads, idx
+    return step
+
 # %% ../nbs/12_gradcam.ipynb #dc358b42
 class _PreActivation(keras.layers.Layer):
     "A `Dense` layer's output before its activation, `x @ kernel + bias`, on that layer's own weights (nothing copied)."
@@ -308,22 +324,6 @@ def check_class_index(class_index, # None, an int, a list with one int per image
     if bad.any(): raise ValueError(f"class_index={int(idx[bad][0])} is out of range: the model has {n_outputs} "
                                    f"score(s) per image (0–{n_outputs - 1})")
     return idx.astype(np.int32)
-
-# %% ../nbs/12_gradcam.ipynb #81a74eff
-def _step(explain:keras.Model, wrt_input:bool):
-    "A compiled `(images, idx, all_classes) → (features, scores, gradients, idx)` for an explainer [features, scores]."
-    @tf.function(reduce_retracing=True)
-    def step(images, idx, all_classes:bool):
-        with tf.GradientTape(persistent=all_classes) as tape:
-            tape.watch(images)
-            feats, scores = explain(images, training=False)
-            scores = tf.reshape(tf.cast(scores, tf.float32), (-1, int(np.prod(scores.shape[1:]))))  # static width: range() below needs it
-            idx = tf.where(idx < 0, tf.argmax(scores, 1, output_type=tf.int32), idx)
-            chosen = [scores[:, k] for k in range(scores.shape[1])] if all_classes else [tf.gather(scores, idx, batch_dims=1)]
-        target = images if wrt_input else feats
-        grads = tf.stack([tf.cast(tape.gradient(c, target), tf.float32) for c in chosen], 1)
-        return tf.cast(feats, tf.float32), scores, grads, idx
-    return step
 
 # %% ../nbs/12_gradcam.ipynb #20b02fed
 def class_gradients(model:keras.Model, # the model to explain
