@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import keras
 import tensorflow as tf
-from . import __version__
-from .core import GRADES, N_GRADES, atomic_write, get_strategy
-from .preprocess import get_recipe
-from .tasks import check_cutpoints, check_thresholds, get_task, keras_metrics, keras_objects, loss_for, target_grades
+from .core import N_GRADES, atomic_write, get_strategy
+from .tasks import get_task, keras_metrics, keras_objects, loss_for, target_grades
 
 # %% auto #0
-__all__ = ['MODEL_META_FORMAT', 'use_mixed_precision', 'check_model_task', 'compile_for', 'save_model', 'load_model', 'meta_path',
-           'save_model_meta', 'load_model_meta', 'BestCheckpoint', 'ResumeCheckpoint', 'fit', 'predict']
+__all__ = ['use_mixed_precision', 'check_model_task', 'compile_for', 'save_model', 'load_model', 'BestCheckpoint',
+           'ResumeCheckpoint', 'fit', 'predict']
 
 # %% ../nbs/06_training.ipynb #ebf4c6f4
 def use_mixed_precision(enable:bool|None=None # True/False forces it; None: only when a GPU is visible
@@ -75,61 +73,15 @@ def save_model(model:keras.Model, # the model to save
     if path.suffix != '.keras': raise ValueError(f"{path}: models are saved in the .keras format (use a .keras name)")
     return atomic_write(path, lambda tmp: model.save(tmp, overwrite=True))
 
-def load_model(path:Path|str, # a `.keras` file written by `save_model` or `fit`
+def load_model(path:Path|str, # a `.keras` file written by `save_model` or `fit`, or the folder holding `model.keras`
                compile:bool=True, # also restore the loss, optimiser and metrics
               )->keras.Model:
     "Load a `.keras` model with `safe_mode=True`."
     path = Path(path)
+    if path.is_dir(): path = path/'model.keras'
     if not path.is_file(): raise FileNotFoundError(f"no model at {path}")
     keras_objects()  # drbook's losses and metrics registered, so that a compiled model reloads
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
-
-# %% ../nbs/06_training.ipynb #26952f6a
-MODEL_META_FORMAT = 1  # version of model.json's fields
-
-def meta_path(model_path:Path|str # a `.keras` file
-             )->Path:
-    "The metadata file beside a model: `model.keras` → `model.json`."
-    return Path(model_path).with_suffix('.json')
-
-def _meta_doc(task, image_size, recipe, cutpoints, thresholds, extra)->dict:
-    "model.json's content, checked: what each output means, the preprocessing, fitted decision values."
-    t = get_task(task)
-    if not isinstance(image_size, (int, np.integer)) or image_size < 1: raise ValueError(f"image_size must be a positive int; got {image_size!r}")
-    if cutpoints is not None and t.name != 'regression': raise ValueError(f"cutpoints apply to task 'regression', not {t.name!r}")
-    if thresholds is not None and t.name != 'multilabel': raise ValueError(f"thresholds apply to task 'multilabel', not {t.name!r}")
-    return {'format': MODEL_META_FORMAT, 'drbook_version': __version__, 'task': t.name, 'outputs': list(t.outputs),
-            'class_names': [GRADES[g] for g in range(N_GRADES)] if t.graded else list(t.outputs),
-            'image_size': int(image_size), 'recipe': get_recipe(recipe).to_dict() if recipe else None,
-            'cutpoints': None if cutpoints is None else check_cutpoints(cutpoints).tolist(),
-            'thresholds': None if thresholds is None else check_thresholds(thresholds, t.units).tolist(), 'extra': extra}
-
-# %% ../nbs/06_training.ipynb #149e0604
-def save_model_meta(model_path:Path|str, # the `.keras` file it describes (it need not exist yet)
-                    task:str, # a key of drbook.tasks.TASKS
-                    image_size:int, # side of the square images the model takes
-                    recipe='', # a recipe of drbook.preprocess (name, dict or Recipe); '': none (images only resized)
-                    cutpoints=None, # regression: the 4 fitted cut-points
-                    thresholds=None, # multilabel: one fitted threshold per label
-                    **extra, # anything worth keeping with it (e.g. trained_on='data_samples', val_qwk=0.71)
-                   )->Path:
-    "Write the model's preprocessing, task, output names and fitted thresholds as `model.json` beside it, atomically."
-    text = json.dumps(_meta_doc(task, image_size, recipe, cutpoints, thresholds, extra), indent=1, default=float)
-    return atomic_write(meta_path(model_path), lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
-
-def load_model_meta(model_path:Path|str, # a `.keras` file (or its `model.json`)
-                   )->dict:
-    "The metadata `save_model_meta` wrote, checked: `recipe` as a Recipe (None: none), cut-points and thresholds as arrays."
-    p = meta_path(model_path)
-    if not p.is_file(): raise FileNotFoundError(f"no metadata beside the model ({p} is missing): give the recipe and image size")
-    try: doc = json.loads(p.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or not {'task', 'image_size'} <= set(doc): raise ValueError(f"{p}: not a model metadata file (no task and image_size)")
-    try: checked = _meta_doc(doc['task'], doc['image_size'], doc.get('recipe'), doc.get('cutpoints'), doc.get('thresholds'), doc.get('extra', {}))
-    except (ValueError, KeyError, TypeError) as e: raise ValueError(f"{p}: {e}") from None
-    c, t = checked['cutpoints'], checked['thresholds']
-    return {**checked, 'drbook_version': doc.get('drbook_version'), 'recipe': get_recipe(checked['recipe']) if checked['recipe'] else None,
-            'cutpoints': None if c is None else np.array(c), 'thresholds': None if t is None else np.array(t)}
 
 # %% ../nbs/06_training.ipynb #0a537550
 class BestCheckpoint(keras.callbacks.Callback):
@@ -221,12 +173,10 @@ def fit(model:keras.Model, # a model compiled with `compile_for`
         reduce_lr:bool=False, # halve the learning rate when `monitor` stalls for patience//3 epochs
         verbose='auto', # Keras progress output ('auto', 0, 1, 2)
         callbacks:list|None=None, # extra Keras callbacks
-        meta:dict|None=None, # save_model_meta's arguments but the task (image_size, recipe, …): model.json beside model.keras
        )->dict:
     "Train `model`, keeping the best model and the history in `out_dir`; resume an interrupted run; return the history."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     check_model_task(model, task)
-    if meta is not None: save_model_meta(out_dir/'model.keras', task, **meta)  # first: a model.keras never lacks it
     if val_ds is None and monitor.startswith('val_'): raise ValueError(f"monitor={monitor!r} needs validation data")
     if class_weight is not None: train_ds = _with_class_weight(train_ds, class_weight, task)
     done = _resume(model, out_dir/'resume')
