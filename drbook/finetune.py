@@ -4,19 +4,18 @@
 
 # %% ../nbs/09_fine_tuning.ipynb #68895132
 from __future__ import annotations
-import json, math, re
-from dataclasses import dataclass, asdict
-from pathlib import Path
+import math, re
+from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import keras
-from .core import atomic_write
-from .train import compile_for, fit, load_model
+from .train import compile_for, load_model
+from .models import fit_or_load
 from .transfer import backbone_layers, head_layers, block_labels, block_names, backbone_of
 
 # %% auto #0
 __all__ = ['S2_TABLE3', 'frozen_count', 'set_trainable', 'parameter_report', 'Stage', 'two_stage', 's4_schedule', 's2_stages',
-           'fine_tune', 'plot_fine_tune']
+           'stage_config', 'fine_tune', 'stage_history', 'plot_fine_tune']
 
 # %% ../nbs/09_fine_tuning.ipynb #1ac07ecd
 def _in_block(label:str, key:str)->bool:
@@ -68,7 +67,7 @@ def parameter_report(model:keras.Model)->dict:
 @dataclass(frozen=True)
 class Stage:
     "One stage of a fine-tuning schedule."
-    name: str  # short name, also the stage's folder name
+    name: str  # short name, also in the stage's model name
     strategy: str|float|int = 'frozen'  # freeze strategy (see `frozen_count`)
     learning_rate: float = 1e-3  # learning rate of the stage
     epochs: int = 5  # epochs of the stage
@@ -108,47 +107,49 @@ def s2_stages(name:str # a key of S2_TABLE3
     return [Stage(name, c['strategy'], c['learning_rate'], c['epochs'], 'adam')]
 
 # %% ../nbs/09_fine_tuning.ipynb #ae531829
-def _stage_config(stage, task, freeze_batchnorm, model, pos_weight=None):
-    "What a stage's folder is keyed by: the stage, the task, BN handling, label weights and the model's identity."
-    return {**asdict(stage), 'task': task, 'freeze_batchnorm': freeze_batchnorm, 'model': model.name,
-            **({'pos_weight': pos_weight} if pos_weight is not None else {}),
-            'input_shape': list(model.input.shape[1:]), 'parameters': int(model.count_params())}
-
-def _claim(folder:Path, config:dict):
-    "Write the stage's configuration in `folder`, or check that the one there is the same."
-    p = folder/'stage.json'
-    if p.exists():
-        old = json.loads(p.read_text())
-        if old != json.loads(json.dumps(config)):
-            raise ValueError(f"{folder} holds a stage run with another configuration ({old}); use another out_dir")
-    else: atomic_write(p, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
-
-def _load_best(model, folder:Path):
-    "Copy the weights of the stage's best model (`model.keras`) into `model`."
-    model.set_weights(load_model(folder/'model.keras', compile=False).get_weights())
+def stage_config(config:dict, # every setting that made the model before fine-tuning (see drbook.models.CONFIG_NEEDS)
+                 stage:Stage, # the stage
+                 freeze_batchnorm:bool=True, # BatchNormalization layers kept in inference mode
+                 pos_weight=None, # sigmoid outputs: the positive weights of the loss
+                 start:str='', # the key of the model the stage starts from ('': the first stage, from config's weights)
+                )->dict:
+    "The configuration that keys one stage's model: the model's, the stage's settings, and where its weights start."
+    out = {**config, 'stage': stage.name, 'strategy': stage.strategy, 'optimizer': stage.optimizer,
+           'learning_rate': stage.learning_rate, 'freeze_batchnorm': freeze_batchnorm}
+    if pos_weight is not None: out['pos_weight'] = pos_weight
+    if start: out['weights'] = start
+    return out
 
 # %% ../nbs/09_fine_tuning.ipynb #202dd8eb
-def fine_tune(model:keras.Model, # a model from drbook.transfer.build_model
+def fine_tune(name:str, # readable name of the schedule's models, e.g. 'MobileNetV2_035-s3_gap256' (+ each stage's name)
+              build, # () -> a fresh model from drbook.transfer.build_model, uncompiled (called only to train stage 1)
+              config:dict, # every setting that made that model: drbook.models.CONFIG_NEEDS but the learning rate, backbone, head, weights, …
               stages:list, # Stage objects, run in order
-              train_ds, val_ds, # tf.data sets of (image, target) batches
-              out_dir:Path|str, # run folder; reuse it to resume
+              tables:dict, # {'train': table, 'val': table}: their content keys every stage
+              datasets:tuple|None=None, # (train_ds, val_ds); None: made from `tables` and `config`
               task:str='multiclass', # a key of drbook.tasks.TASKS (chooses the loss)
               freeze_batchnorm:bool=True, # keep BatchNormalization layers in inference mode
               pos_weight=None, # sigmoid outputs: positive weight per output or {label: weight} (S4: inverse label frequency)
-              **fit_kwargs, # passed to drbook.train.fit (patience, class_weight, callbacks, verbose, ...)
-             )->pd.DataFrame:
-    "Train `model` through `stages`, resuming an interrupted run; the history of every stage, one row per epoch."
-    out_dir, frames = Path(out_dir), []
-    for i, st in enumerate(stages, 1):
-        folder = out_dir/f'{i}_{st.name}'; folder.mkdir(parents=True, exist_ok=True)
-        _claim(folder, _stage_config(st, task, freeze_batchnorm, model, pos_weight))
-        set_trainable(model, st.strategy, freeze_batchnorm)
-        if (folder/'history.json').exists():  # finished earlier: take its best weights
-            _load_best(model, folder); hist = json.loads((folder/'history.json').read_text())
-        else:
-            compile_for(model, task, optimizer=st.optimizer, learning_rate=st.learning_rate, pos_weight=pos_weight)
-            hist = fit(model, train_ds, val_ds, folder, st.epochs, task=task, **fit_kwargs)
-        frames.append(pd.DataFrame(hist).assign(stage=st.name, stage_epoch=lambda d: np.arange(1, len(d) + 1)))
+              **fit_kwargs, # passed to drbook.models.fit_or_load (patience, class_weight, monitor, verbose, root, …)
+             )->list:
+    "Train `build()`'s model through `stages`, one keyed model per stage (finished stages reused); a `Trained` per stage."
+    done = []
+    for st in stages:
+        start = done[-1] if done else None
+        def build_stage(st=st, start=start):
+            model = build() if start is None else load_model(start.path, compile=False)  # a copy: the earlier stage stays as it was
+            set_trainable(model, st.strategy, freeze_batchnorm)
+            return compile_for(model, task, optimizer=st.optimizer, learning_rate=st.learning_rate, pos_weight=pos_weight)
+        cfg = stage_config(config, st, freeze_batchnorm, pos_weight, start.key if start else '')
+        done.append(fit_or_load(f'{name}-{st.name}', build_stage, cfg, tables, datasets, task=task, epochs=st.epochs, **fit_kwargs))
+    return done
+
+# %% ../nbs/09_fine_tuning.ipynb #f7a9e001
+def stage_history(trained:list, # what fine_tune returned, one `Trained` per stage
+                 )->pd.DataFrame:
+    "The history of every stage, one row per epoch numbered across the stages, with the stage's name and its own epoch."
+    frames = [pd.DataFrame(t.history).assign(stage=t.meta['config'].get('stage', t.name), stage_epoch=lambda d: np.arange(1, len(d) + 1))
+              for t in trained]
     history = pd.concat(frames, ignore_index=True)
     history.index = pd.RangeIndex(1, len(history) + 1, name='epoch')
     return history

@@ -1,15 +1,18 @@
 """drbook.finetune: freeze strategies give S3's trainable-parameter counts, BatchNormalization stays in inference
-mode, and a two-stage fine-tune runs end to end and resumes after an interruption in stage 2."""
+mode, and a two-stage fine-tune trains one keyed model per stage, each starting from the one before, and resumes after an
+interruption in stage 2."""
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-import json, math
+import math
 import numpy as np
+import pandas as pd
 import pytest
 import keras
 import tensorflow as tf
 
 from drbook.finetune import (S2_TABLE3, Stage, fine_tune, frozen_count, parameter_report, s2_stages, s4_schedule,
-                             set_trainable, two_stage)
+                             set_trainable, stage_config, stage_history, two_stage)
+from drbook.train import load_model
 from drbook.transfer import backbone_layers, build_model, calibrate_batchnorm, head_layers
 
 @pytest.fixture(scope='module')
@@ -98,71 +101,83 @@ def test_schedules_and_s2_table():
     with pytest.raises(KeyError, match='no row'): s2_stages('resnet18_frozen')
 
 def _toy_data(n=24, size=32, seed=0):
-    "Images whose grade is written in their brightness, as (train, val) tf.data sets."
+    "Images whose grade is written in their brightness, as (train, val) tf.data sets, the images, and the tables that key them."
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 5
     x = (rng.uniform(0, 40, (n, size, size, 3)) + 40 * y[:, None, None, None]).astype('float32')
     ds = lambda a, b: tf.data.Dataset.from_tensor_slices((a, b)).batch(8)
-    return ds(x, y), ds(x[:10], y[:10]), x
+    t = pd.DataFrame({'image_id': [f'toy{i}' for i in range(n)], 'grade': y})
+    return ds(x, y), ds(x[:10], y[:10]), x, {'train': t, 'val': t.iloc[:10]}
 
 class _Stop(Exception): pass
 
-class _Interrupt(keras.callbacks.Callback):
-    "Raise at the end of the `after`-th epoch counted over every stage (a killed run)."
-    def __init__(self, after): super().__init__(); self.after, self.seen = after, 0
-    def on_epoch_end(self, epoch, logs=None):
-        self.seen += 1
-        if self.seen == self.after: raise _Stop(f'interrupted after epoch {epoch + 1}')
+def _counted(x, y, fail_at=0):
+    "A training set of (x, y) that counts the batches it gives, and raises at batch `fail_at` (1-based; 0: never), as a killed run."
+    given = []
+    def batches():
+        for i in range(0, len(x), 8):
+            given.append(i)
+            if len(given) == fail_at: raise _Stop('killed')
+            yield x[i:i + 8], y[i:i + 8]
+    spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int64))
+    return tf.data.Dataset.from_generator(batches, output_signature=spec), given
 
-class _Epochs(keras.callbacks.Callback):
-    "Record the epochs that actually run, with the learning rate of each."
-    def __init__(self): super().__init__(); self.epochs = []
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append((epoch, float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))))
+CONFIG = dict(builder='transfer', backbone='MobileNetV2', head='s1', image_size=32, recipe='', augment='', batch_size=8, seed=1,
+              weights='random')
 
-def _model():
-    keras.utils.set_random_seed(1)
-    return build_model('MobileNetV2', 'multiclass', 32, head='s1')
+def _model(x):
+    model = build_model('MobileNetV2', 'multiclass', 32, head='s1')
+    return calibrate_batchnorm(model, x[:16])
 
 @pytest.mark.slow
-def test_two_stage_fine_tune_resumes_after_interruption_in_stage_2(tmp_path):
-    train, val, x = _toy_data()
+def test_each_stage_is_a_keyed_model_that_starts_from_the_previous_one(tmp_path):
+    train, val, x, tables = _toy_data()
+    stages = two_stage(head_epochs=2, finetune_epochs=2, head_lr=1e-2, finetune_lr=1e-4, unfreeze='block_15')
+    run = lambda st, **kw: fine_tune('toy', lambda: _model(x), CONFIG, st, tables, (train, val), verbose=0, patience=0, root=tmp_path, **kw)
+    first, = run(stages[:1])
+    initial = first.model.get_layer('block_16_project').kernel.numpy().copy()
+    one, two = run(stages)
+    assert one.reused and one.key == first.key and one.folder == first.folder  # stage 1 is not trained again
+    assert not two.reused and two.meta['config']['weights'] == one.key and two.meta['config']['strategy'] == 'block_15'
+    assert two.folder.name.startswith('toy-finetune_block_15_lr0.0001-')
+    # stage 2 trained the unfrozen block, kept BN and the bottom frozen, and left stage 1's saved model as it was
+    assert not np.allclose(two.model.get_layer('block_16_project').kernel.numpy(), initial)
+    np.testing.assert_array_equal(load_model(one.path).get_layer('block_16_project').kernel.numpy(), initial)
+    assert parameter_report(two.model)['trainable'] == parameter_report(set_trainable(_model(x), 'block_15'))['trainable']
+    history = stage_history([one, two])
+    assert list(history['stage']) == ['head'] * 2 + [stages[1].name] * 2 and list(history['stage_epoch']) == [1, 2, 1, 2]
+    assert list(history.index) == [1, 2, 3, 4] and np.isfinite(history['loss']).all() and 'val_accuracy' in history
+    # the same call again trains nothing; another strategy or another first stage makes new models
+    assert all(t.reused for t in run(stages))
+    other = run(two_stage(2, 2, 1e-2, 1e-4, unfreeze='unfrozen'))
+    assert other[0].key == one.key and other[1].key != two.key
+    changed = run(two_stage(2, 2, 5e-3, 1e-4, unfreeze='block_15'))
+    assert changed[0].key != one.key and changed[1].key != two.key and changed[1].meta['config']['weights'] == changed[0].key
+
+@pytest.mark.slow
+def test_a_schedule_killed_in_stage_2_resumes_there(tmp_path):
+    _, val, x, tables = _toy_data()
+    y = np.arange(len(x)) % 5
     stages = two_stage(head_epochs=2, finetune_epochs=3, head_lr=1e-2, finetune_lr=1e-4, unfreeze='block_15')
-    model = _model()
-    calibrate_batchnorm(model, x[:16])
-    initial_conv = model.get_layer('block_16_project').kernel.numpy().copy()
-    # first run: stage 1 (2 epochs) completes, stage 2 is killed after its first epoch
-    with pytest.raises(_Stop):
-        fine_tune(model, stages, train, val, tmp_path, verbose=0, callbacks=[_Interrupt(after=3)])
-    assert (tmp_path/'1_head'/'history.json').exists() and not (tmp_path/'2_finetune_block_15_lr0.0001'/'history.json').exists()
-    assert (tmp_path/'2_finetune_block_15_lr0.0001'/'resume').exists()
-    # second run, in a fresh model as after a restart: stage 1 is not repeated, stage 2 continues at its epoch 2
-    model2 = _model()
-    calibrate_batchnorm(model2, x[:16])
-    seen = _Epochs()
-    history = fine_tune(model2, stages, train, val, tmp_path, verbose=0, callbacks=[seen])
-    assert seen.epochs == [(1, pytest.approx(1e-4)), (2, pytest.approx(1e-4))]
-    assert list(history['stage']) == ['head'] * 2 + [stages[1].name] * 3 and stages[1].name == 'finetune_block_15_lr0.0001'
-    assert list(history['stage_epoch']) == [1, 2, 1, 2, 3] and list(history.index) == [1, 2, 3, 4, 5]
-    assert np.isfinite(history['loss']).all() and 'val_accuracy' in history
-    # stage 2 trained the unfrozen block (the backbone moved), with BN frozen and the bottom still frozen
-    assert not np.allclose(model2.get_layer('block_16_project').kernel.numpy(), initial_conv)
-    assert parameter_report(model2)['trainable'] == parameter_report(set_trainable(_model(), 'block_15'))['trainable']
-    assert json.loads((tmp_path/'2_finetune_block_15_lr0.0001'/'stage.json').read_text())['strategy'] == 'block_15'
-    # a third call has nothing left to train and returns the same history
-    again = fine_tune(_model(), stages, train, val, tmp_path, verbose=0, callbacks=[seen])
-    assert len(seen.epochs) == 2 and again[['loss']].equals(history[['loss']])
+    run = lambda ds: fine_tune('toy', lambda: _model(x), CONFIG, stages, tables, (ds, val), verbose=0, patience=0, root=tmp_path)
+    per_epoch = 3  # 24 images in batches of 8
+    killed, _ = _counted(x, y, fail_at=2 * per_epoch + per_epoch + 2)  # stage 1's two epochs, stage 2's first, then killed
+    with pytest.raises(Exception, match='killed'): run(killed)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 2 and folders[1].startswith('toy-head-') and folders[0].startswith('toy-finetune_block_15')
+    assert (tmp_path/folders[0]/'resume').is_dir()  # stage 2's first epoch is saved
+    again, given = _counted(x, y)
+    one, two = run(again)
+    assert one.reused and not two.reused
+    assert len(given) == 2 * per_epoch  # only stage 2's epochs 2 and 3 ran
+    assert len(two.history['loss']) == 3 and not (two.folder/'resume').exists()
 
-@pytest.mark.slow
-def test_stage_1_keeps_the_backbone_frozen_and_config_changes_are_refused(tmp_path):
-    train, val, _ = _toy_data(n=16)
-    model = _model()
-    before = model.get_layer('block_16_project').kernel.numpy().copy()
-    fine_tune(model, [Stage('head', 'frozen', 1e-2, 1)], train, val, tmp_path, verbose=0)
-    np.testing.assert_array_equal(model.get_layer('block_16_project').kernel.numpy(), before)
-    with pytest.raises(ValueError, match='another configuration'):
-        fine_tune(model, [Stage('head', 'frozen', 1e-3, 1)], train, val, tmp_path, verbose=0)
-
+def test_stage_config_keys_the_stage_and_its_start():
+    s = two_stage(unfreeze=0.5, finetune_lr=1e-4)
+    c = stage_config(CONFIG, s[1], start='ab12')
+    assert (c['weights'], c['strategy'], c['learning_rate'], c['optimizer'], c['stage']) == ('ab12', 0.5, 1e-4, 'adam', 'finetune_0.5_lr0.0001')
+    assert stage_config(CONFIG, s[0])['weights'] == 'random' and 'pos_weight' not in c
+    assert stage_config(CONFIG, s[0], pos_weight=[1, 2])['pos_weight'] == [1, 2]
 
 @pytest.mark.slow
 def test_fine_tuning_the_shipped_backbone_moves_only_the_unfrozen_layers():
