@@ -13,37 +13,35 @@ import keras
 from .tasks import check_task, targets
 from .data import rows_error
 from .data import load_table, read_samples
-from .preprocess import preprocess_dataset, split_table
+from .preprocess import preprocess_dataset, read_fundus, split_table
 
 # %% auto #0
-__all__ = ['DECODABLE', 'image_paths', 'load_image', 'augmentation', 'make_dataset', 'load_graded', 'prepare_splits',
-           'make_datasets']
+__all__ = ['image_paths', 'load_image', 'augmentation', 'make_dataset', 'load_graded', 'prepare_splits', 'make_datasets']
 
 # %% ../nbs/04_pipeline.ipynb #332488ac
-DECODABLE = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')  # what tf.io.decode_image reads
-
 def image_paths(table:pd.DataFrame, # a canonical table
                 path_column:str|None=None, # default: 'preprocessed_path' when present, else 'image_path'
                )->list:
-    "The image file of every row of `table`, checked to exist and to be decodable by TensorFlow."
+    "The image file of every row of `table`, checked to exist."
     col = path_column or ('preprocessed_path' if 'preprocessed_path' in table else 'image_path')
     if col not in table: raise ValueError(f"the table has no {col!r} column (columns: {list(table.columns)})")
     if table[col].isna().any(): raise rows_error(table, table[col].isna(), f"have no file in {col!r}")
     paths = [str(p) for p in table[col]]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing: raise FileNotFoundError(f"{len(missing)} image file(s) of column {col!r} not found: {missing[:5]}")
-    odd = [p for p in paths if Path(p).suffix.lower() not in DECODABLE]
-    if odd: raise ValueError(f"TensorFlow cannot decode {odd[:5]} (not {'/'.join(DECODABLE)}); convert them "
-                             "first with drbook.preprocess.preprocess_dataset")
     return paths
 
 # %% ../nbs/04_pipeline.ipynb #22351c71
-def load_image(path, # path of a JPEG/PNG/BMP/GIF file (a string tensor inside tf.data)
+def _read_upright(path, image_size):
+    "`read_fundus` for `tf.numpy_function`: the path arrives as bytes."
+    return read_fundus(path.decode() if isinstance(path, bytes) else str(path), max_side=int(image_size))
+
+def load_image(path, # path of an image file (a string, or a string tensor inside tf.data)
                image_size:int, # side of the square output
               ):
-    "Decode one image file into an `image_size`×`image_size` RGB uint8 tensor."
-    data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    "Decode one image file, upright (EXIF orientation applied), into an `image_size`×`image_size` RGB uint8 tensor."
+    image = tf.numpy_function(_read_upright, [path, image_size], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
     image = tf.image.resize_with_pad(image, image_size, image_size, antialias=True)  # keep the aspect ratio, pad black
     return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
 

@@ -17,17 +17,17 @@ from .core import GRADES, REFERABLE_FROM, atomic_write
 from .data import IMAGE_EXTS
 from .preprocess import ImageReadError, get_recipe, preprocess_image, read_fundus
 from .tasks import get_task, referable_score, scores_to_grades
-from .metrics import THRESHOLDS_FILE, load_thresholds
-from .train import check_model_task, load_model, load_model_meta, predict
+from .pipeline import load_image
+from .registry import resolve_reference
+from .models import load_meta
+from .train import check_model_task, load_model, predict
 from .gradcam import gradcam, gradcam_plus_plus, gradient_image, guided_gradcam, overlay
 
 # %% auto #0
-__all__ = ['PHOTO_EXTS', 'OUTPUTS', 'THUMB', 'CAMS', 'NOTICE', 'find_images', 'check_out', 'model_settings', 'model_input',
+__all__ = ['OUTPUTS', 'THUMB', 'CAMS', 'NOTICE', 'find_images', 'check_out', 'model_file', 'model_settings', 'model_input',
            'read_photo', 'score_columns', 'explained_class', 'heatmap_images', 'predict_folder', 'write_report']
 
 # %% ../nbs/15_predict.ipynb #48cfb510
-PHOTO_EXTS = (*IMAGE_EXTS, '.jpe', '.bmp', '.webp')  # file endings searched for in folders (any case)
-
 def find_images(inputs, # a file or folder, or a list of them
                )->list:
     "`[(file, name)]`: every file named, and every image file under the folders (recursively, sorted); `name` is relative to its folder."
@@ -35,7 +35,7 @@ def find_images(inputs, # a file or folder, or a list of them
     for p in map(Path, [inputs] if isinstance(inputs, (str, Path)) else inputs):
         if p.is_dir():
             found += [(f, str(f.relative_to(p))) for f in sorted(p.rglob('*'))
-                      if f.is_file() and f.suffix.lower() in PHOTO_EXTS and not f.name.startswith('.')]
+                      if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith('.')]
         elif p.exists(): found.append((p, p.name))
         else: raise FileNotFoundError(f"{p}: no such file or folder")
     return found
@@ -57,25 +57,24 @@ def check_out(out:Path|str, # the output folder
     return o
 
 # %% ../nbs/15_predict.ipynb #ff4b07b6
-def _fitted(path:Path|None, meta:dict, task:str)->dict:
-    "`{'cutpoints', 'thresholds'}` of model.json, else of thresholds.json beside the model when it is for `task`."
-    fitted = {k: meta.get(k) for k in ('cutpoints', 'thresholds')}
-    if path is not None and all(v is None for v in fitted.values()) and (path.parent/THRESHOLDS_FILE).is_file():
-        saved = load_thresholds(path.parent)
-        if saved['task'] == task: fitted = {k: saved[k] for k in fitted}
-    return fitted
+def model_file(model:str|Path, # '@NN/name', a model folder (model.keras and model.json) or a `.keras` file
+              )->Path:
+    "The `.keras` file `model` names; a reference resolves in the run (or the latest run of the profile)."
+    p = Path(model) if str(model).endswith('.keras') else resolve_reference(model)/'model.keras'
+    if not p.is_file(): raise FileNotFoundError(f"no model at {p}: expected a model folder, a .keras file or '@NN/name'")
+    return p
 
-def model_settings(model, # a `.keras` path (with model.json beside it) or a Keras model
+def model_settings(model, # '@NN/name', a model folder, a `.keras` file, or a Keras model
                    recipe=None, # a recipe of drbook.preprocess, or 'none'; None: the model's metadata
                    image_size:int|None=None, # side of the model's images; None: the metadata (or the model's input)
                    task:str|None=None, # a key of drbook.tasks.TASKS; None: the metadata
                   )->tuple:
     "`(model, settings)`: the loaded model and how to feed it (task, recipe or None, image size, cut-points, thresholds, source)."
-    path, meta = (None, {}) if isinstance(model, keras.Model) else (Path(model), {})
+    path, meta = (None, {}) if isinstance(model, keras.Model) else (model_file(model), {})
     if path is not None:
-        if not path.is_file(): raise FileNotFoundError(f"no model at {path}")
-        try: meta = load_model_meta(path)
+        try: meta = load_meta(path)  # cut-points and thresholds too (an older folder's thresholds.json included)
         except FileNotFoundError: meta = {}
+        if meta and not meta['complete']: raise ValueError(f"{path.parent}: the model is still training (or was interrupted); finish its chapter first")
         model = load_model(path, compile=False)
     task = task or meta.get('task')
     image_size = image_size or meta.get('image_size') or model.input_shape[1]
@@ -86,8 +85,8 @@ def model_settings(model, # a `.keras` path (with model.json beside it) or a Ker
     recipe = meta.get('recipe') if recipe is None else (None if recipe in ('', 'none') else get_recipe(recipe))
     check_model_task(model, task)
     if model.input_shape[1] not in (None, image_size): raise ValueError(f"the model takes {model.input_shape[1]} px images, not {image_size}")
-    return model, {'task': get_task(task).name, 'recipe': recipe, 'image_size': int(image_size), **_fitted(path, meta, task),
-                   'model': str(path) if path else model.name, 'metadata': bool(meta)}
+    return model, {'task': get_task(task).name, 'recipe': recipe, 'image_size': int(image_size), 'cutpoints': meta.get('cutpoints'),
+                   'thresholds': meta.get('thresholds'), 'model': str(path) if path else model.name, 'metadata': bool(meta)}
 
 # %% ../nbs/15_predict.ipynb #08b2776b
 THUMB = 192  # longest side of the photographs shown in the report, in pixels
@@ -102,10 +101,8 @@ def model_input(path:Path|str, # an image file
                 image_size:int, # side of the model's images
                )->np.ndarray:
     "The image as the model takes it: RGB uint8 (image_size, image_size, 3)."
-    if recipe is not None: return preprocess_image(path, recipe, image_size)
-    img = read_fundus(path, max_side=image_size)
-    padded = tf.image.resize_with_pad(img, image_size, image_size, antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(padded, 0, 255)), tf.uint8).numpy()
+    if recipe is not None: return preprocess_image(path, recipe, image_size)  # as drbook.preprocess prepared the training images
+    return load_image(str(path), image_size).numpy()  # as drbook.pipeline decodes them: upright, padded to a square
 
 def read_photo(path:Path|str, recipe, image_size:int)->tuple:
     "`(model input, thumbnail)` of one photograph; ImageReadError (or another error) when it cannot be read."
@@ -185,7 +182,7 @@ def _grade_batch(model, batch:list, settings:dict, files_dir:Path, tta:bool, cam
     return rows
 
 # %% ../nbs/15_predict.ipynb #5debb700
-def predict_folder(model, # a `.keras` path (model.json beside it) or a Keras model
+def predict_folder(model, # '@NN/name', a model folder, a `.keras` file (model.json beside it) or a Keras model
                    images, # a file or folder of photographs (folders searched recursively), or a list of them
                    out:Path|str, # output folder: predictions.csv, report.html, report_files/ (never inside an input folder)
                    tta:bool=False, # average the scores over the image and its three flips

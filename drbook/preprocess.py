@@ -14,13 +14,14 @@ import pandas as pd
 from PIL import Image
 from . import core
 from .core import imap_chunked
+from .data import check_errors, load_table, problem_report, read_samples
 
 # %% auto #0
 __all__ = ['PREPROCESS_VERSION', 'STEPS', 'FORMATS', 'RECIPES', 'MIN_SIDE', 'NoFieldOfView', 'fov_mask', 'fov_box', 'square_crop',
            'crop_fundus', 'circular_mask', 'mask_outside', 'clahe', 'fov_region', 'ben_graham', 'gaussian_filter',
-           'resize', 'Recipe', 'get_recipe', 'split_table', 'balance', 'class_weights', 'label_pos_weights',
-           'ImageReadError', 'apply_orientation', 'decode_factor', 'read_fundus', 'find_corrupt', 'preprocess_image',
-           'preprocess_dataset']
+           'resize', 'Recipe', 'get_recipe', 'split_table', 'load_graded', 'prepare_splits', 'balance', 'class_weights',
+           'label_pos_weights', 'ImageReadError', 'apply_orientation', 'decode_factor', 'read_fundus', 'find_corrupt',
+           'preprocess_image', 'preprocess_dataset']
 
 # %% ../nbs/03_preprocessing.ipynb #f19fe9b0
 class NoFieldOfView(ValueError):
@@ -265,6 +266,34 @@ def split_table(table:pd.DataFrame, # a canonical table
         v = counts[g]; k = int(np.argmin(((2 * (have - target) + v) * v * w).sum(1))); have[k] += v; part[g] = k
     return tuple(table.iloc[np.flatnonzero(part[gid] == k)] for k in range(len(fractions)))
 
+# %% ../nbs/03_preprocessing.ipynb #7e186dc3
+def load_graded(table_csv:str='', # a canonical table CSV (drbook.data.save_table); '': the synthetic samples
+                max_images:int=0, # at most this many images, the same share of each grade; 0: all
+                seed:int=42, # seed of the subsample
+               )->pd.DataFrame:
+    "The graded rows of the table in `table_csv` (or of the synthetic samples), optionally subsampled per grade."
+    table = load_table(table_csv) if table_csv else read_samples()
+    table = table[table['grade'].notna()]
+    if len(table) == 0: raise ValueError(f"{table_csv or 'the synthetic samples'}: no row has an ICDR grade")
+    if max_images and len(table) > max_images:  # the same share of each grade
+        table = table.groupby('grade').sample(frac=max_images / len(table), random_state=seed).sort_index()
+    return table.reset_index(drop=True)
+
+# %% ../nbs/03_preprocessing.ipynb #9efc84fe
+def prepare_splits(table:pd.DataFrame, # graded rows, e.g. from `load_graded`
+                   recipe:str='', # a preprocessing recipe ('graham', 's3', …); '': none
+                   image_size:int=224, # side of the preprocessed images
+                   fractions:tuple=(0.7, 0.15, 0.15), # shares of the train, val and test splits
+                   seed:int=42, # seed of the split
+                   errors:str='report', # 'report': unreadable images leave the splits and go to the report; 'raise'
+                  )->tuple:
+    "`({'train', 'val', 'test'}: tables, report)`: preprocessed (cached) and split by patient, stratified by grade."
+    failures = problem_report()
+    if recipe:
+        table, failures = preprocess_dataset(table, recipe, size=image_size, errors=check_errors(errors))
+        table = table[table['preprocessed_path'].notna()].reset_index(drop=True)  # failures are reported, not dropped silently
+    return dict(zip(('train', 'val', 'test'), split_table(table, fractions, seed=seed))), failures
+
 # %% ../nbs/03_preprocessing.ipynb #7237decb
 def balance(table:pd.DataFrame, # a table (usually the training split)
             n:int|None=None, # images per class; default: the smallest class ('under', 'both') or the largest ('over')
@@ -436,10 +465,12 @@ def find_corrupt(paths, # image files (a list, or a table's `image_path` column)
                  workers:int|None=None, # processes; None: all CPUs available to this process
                  progress:bool=True, # show a progress bar
                 )->pd.DataFrame:
-    "A report (`path`, `reason`) of the files that do not decode completely; files are only read."
+    "The report (`drbook.data.REPORT_COLUMNS`) of the files that do not decode completely; files are only read."
+    rows = paths.index if isinstance(paths, pd.Series) else range(len(paths))  # a table's index, else the position
     paths = [str(p) for p in paths]
-    bad = [(paths[i], r) for i, r in imap_chunked(_check_one, paths, workers, 'checking', progress) if r is not None]
-    return pd.DataFrame(sorted(bad), columns=['path', 'reason'])
+    bad = [{'path': paths[i], 'row': rows[i], 'reason': r}
+           for i, r in imap_chunked(_check_one, paths, workers, 'checking', progress) if r is not None]
+    return problem_report(sorted(bad, key=lambda b: b['path']))
 
 # %% ../nbs/03_preprocessing.ipynb #83816dc8
 def _cache_name(src:str, ext:str)->str:
@@ -501,30 +532,31 @@ def preprocess_dataset(table:pd.DataFrame, # a canonical table (`image_path` col
                        progress:bool=True, # show a progress bar
                       )->tuple:
     "`(table with preprocessed_path, failure report)`; work done and cache hits in `table.attrs['preprocess']`."
-    if errors not in ('report', 'raise'): raise ValueError(f"errors={errors!r}: expected 'report' or 'raise'")
+    check_errors(errors)
     if column not in table: raise ValueError(f"the table has no {column!r} column (columns: {list(table.columns)})")
     t0, recipe = time.perf_counter(), get_recipe(recipe).at_size(size)
     folder = Path(cache_dir or core.cache_dir()/'preprocess')/recipe.hash
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder/'recipe.json').exists(): core.atomic_write(folder/'recipe.json', lambda t: Path(t).write_text(recipe.to_json()))
     _sweep_stale(folder)
-    done, todo, failures = {}, {}, []
-    for src in dict.fromkeys(table[column]):  # each distinct source once, in table order
+    done, todo, failures, first = {}, {}, [], {}
+    for row, src in zip(table.index, table[column]): first.setdefault(src, row)  # the row a failure is reported on
+    for src in first:  # each distinct source once, in table order
         try: dst = folder/_cache_name(str(src), FORMATS[recipe.fmt][0]) if pd.notna(src) else None
         except OSError as e: dst, why = None, 'file not found' if isinstance(e, FileNotFoundError) else str(e)
         else: why = 'no image path' if dst is None else None
-        if why: failures.append((str(src), why)); continue
+        if why: failures.append({'path': str(src), 'row': first[src], 'reason': why}); continue
         (done if dst.exists() else todo)[src] = dst
     cached, srcs = len(done), list(todo)
-    if errors == 'raise' and failures: raise ImageReadError(*failures[0])
+    if errors == 'raise' and failures: raise ImageReadError(failures[0]['path'], failures[0]['reason'])
     jobs = [(str(s), str(d), recipe) for s, d in todo.items()]
     with closing(imap_chunked(_prepare_one, jobs, workers, f'preprocess {recipe.name}', progress)) as results:
         for i, why in results:  # (closing: on an error, the workers stop before it propagates)
             if why is None: done[srcs[i]] = todo[srcs[i]]; continue
             if errors == 'raise': raise ImageReadError(jobs[i][0], why)
-            failures.append((jobs[i][0], why))
+            failures.append({'path': jobs[i][0], 'row': first[srcs[i]], 'reason': why})
     out = table.copy()
     out['preprocessed_path'] = pd.array([str(done[s]) if s in done else pd.NA for s in table[column]], dtype='string')
     out.attrs['preprocess'] = {'recipe': recipe.to_dict(), 'folder': str(folder), 'processed': len(done) - cached,
                                'cached': cached, 'failed': len(failures), 'seconds': round(time.perf_counter() - t0, 3)}
-    return out, pd.DataFrame(failures, columns=['path', 'reason'])
+    return out, problem_report(failures)

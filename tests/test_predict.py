@@ -8,7 +8,8 @@ import pytest
 from drbook.core import samples_dir, seed_everything
 from drbook.preprocess import preprocess_image
 from drbook.scratch import build_scratch_cnn
-from drbook.train import compile_for, save_model, save_model_meta, load_model_meta
+from drbook.train import compile_for, save_model
+from drbook.models import save_meta, load_meta
 from drbook.predict import predict_folder
 from drbook.cli import main
 
@@ -24,7 +25,7 @@ def model_file(tmp_path_factory):
     model = compile_for(build_scratch_cnn('sample', SIZE), 'multiclass')
     model.fit(x, table['grade'].to_numpy(int), epochs=1, verbose=0)
     path = save_model(model, tmp_path_factory.mktemp('model')/'model.keras')
-    save_model_meta(path, 'multiclass', SIZE, recipe=RECIPE, trained_on='test')
+    save_meta(path, 'multiclass', SIZE, recipe=RECIPE, trained_on='test')
     return path
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob('*')) if p.is_file()}
 
 def test_meta_is_saved_beside_the_model(model_file):
-    meta = load_model_meta(model_file)
+    meta = load_meta(model_file)
     assert (meta['task'], meta['image_size'], meta['recipe'].name) == ('multiclass', SIZE, RECIPE)
     assert meta['class_names'][0] == 'No DR' and meta['extra'] == {'trained_on': 'test'}
 
@@ -130,3 +131,35 @@ def test_report_renders_in_a_headless_browser(model_file, photos, tmp_path):
     a = np.asarray(Image.open(png).convert('RGB'), dtype=float)
     assert a.std() > 20                                            # not a blank page
     assert (np.abs(a[..., 0] - a[..., 2]) > 60).mean() > 0.01      # colour: the photographs and heatmaps are drawn
+
+
+def test_training_and_prediction_decode_a_photograph_the_same_way(tmp_path):
+    "A JPEG stored on its side (EXIF orientation 6) reaches a model upright, pixel for pixel the same, in training and in predict."
+    from PIL import Image
+    from drbook.pipeline import make_dataset
+    from drbook.predict import model_input
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (40, 80, 3), dtype=np.uint8)
+    exif = Image.Exif(); exif[0x0112] = 6  # 'rotate 90° clockwise to view'
+    Image.fromarray(pixels).save(tmp_path/'side.jpg', exif=exif, quality=95)
+    table = pd.DataFrame({'image_path': [str(tmp_path/'side.jpg')], 'grade': [0]})
+    trained_on = next(iter(make_dataset(table, 'multiclass', 32, batch_size=1, cache=False)))[0][0].numpy()
+    predicted_on = model_input(tmp_path/'side.jpg', None, 32)
+    assert np.array_equal(trained_on, predicted_on.astype(np.float32))
+    assert predicted_on[:, :7].max() == 0 and predicted_on[:, -7:].max() == 0  # upright (tall): black bands left and right
+    assert predicted_on[:7].max() > 0  # not the sideways picture, which would be padded above and below
+
+
+def test_model_by_folder_and_by_reference(model_file, photos, tmp_path, monkeypatch):
+    "predict takes the model's folder or the '@NN/name' a chapter published; an unknown name lists the published ones."
+    from drbook.registry import publish
+    from drbook.predict import model_settings
+    monkeypatch.setenv('DRBOOK_CACHE', str(tmp_path/'cache')); monkeypatch.delenv('DRBOOK_RUN_DIR', raising=False)
+    monkeypatch.setenv('DRBOOK_RUNS', str(tmp_path/'runs'))
+    publish('07/sample', model_file.parent, 'multiclass')
+    _, by_folder = model_settings(model_file.parent)
+    _, by_reference = model_settings('@07/sample')
+    assert by_folder['model'] == by_reference['model'] == str(model_file)
+    assert by_folder['recipe'].name == RECIPE and by_folder['image_size'] == SIZE and by_folder['metadata']
+    with pytest.raises(LookupError, match='sample'): model_settings('@07/absent')
+    with pytest.raises(FileNotFoundError, match='no model at'): model_settings(tmp_path/'nowhere')

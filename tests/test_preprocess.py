@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageOps
+from drbook.data import REPORT_COLUMNS, read_aptos
 
 from drbook.preprocess import (ImageReadError, NoFieldOfView, RECIPES, Recipe, balance, class_weights, crop_fundus,
                                find_corrupt, fov_box, label_pos_weights, preprocess_dataset, preprocess_image, read_fundus,
@@ -382,3 +383,23 @@ def test_label_pos_weights():
     inv = label_pos_weights(t)
     assert list(inv.values()) == pytest.approx([len(known) / (5 * p) for p in pos])
     with pytest.raises(ValueError, match='lacks'): label_pos_weights(t.drop(columns='has_EX'))
+
+
+def test_every_bad_input_report_has_one_layout(bad_inputs, tmp_path):
+    "Readers, preprocess_dataset and find_corrupt report bad input with the same columns, dtypes and `errors=` words."
+    d, _ = bad_inputs
+    files = [str(p) for p in sorted(d.iterdir())]
+    table = pd.DataFrame({'image_path': files, 'grade': 0}, index=range(10, 10 + len(files)))
+    _, prep = preprocess_dataset(table, 's3', 64, cache_dir=tmp_path/'cache', workers=0, progress=False)
+    corrupt = find_corrupt(table['image_path'], workers=0, progress=False)
+    (tmp_path/'aptos'/'train_images').mkdir(parents=True)
+    (tmp_path/'aptos'/'train.csv').write_text('id_code,diagnosis\nx,1\n')
+    _, labels = read_aptos(tmp_path/'aptos', errors='report')
+    for report in (prep, corrupt, labels):
+        assert dict(report.dtypes.astype(str)) == REPORT_COLUMNS and len(report)
+    assert set(corrupt['path']) <= set(prep['path'])  # a file that does not decode fails preprocessing too
+    where = {p: i for i, p in zip(table.index, files)}
+    assert dict(zip(corrupt['path'], corrupt['row'])) == {p: where[p] for p in corrupt['path']}  # the table's rows
+    assert dict(zip(prep['path'], prep['row'])) == {p: where[p] for p in prep['path']}
+    assert labels['row'].tolist() == [2] and labels['reason'].tolist() == ['missing image']  # the labels file's line
+    with pytest.raises(ValueError, match="errors='skip': expected 'report' or 'raise'"): preprocess_dataset(table, errors='skip')
