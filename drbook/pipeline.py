@@ -12,11 +12,10 @@ import tensorflow as tf
 import keras
 from .tasks import check_task, targets
 from .data import rows_error
-from .data import load_table, read_samples
-from .preprocess import preprocess_dataset, read_fundus, split_table
+from .preprocess import read_fundus
 
 # %% auto #0
-__all__ = ['image_paths', 'load_image', 'augmentation', 'make_dataset', 'load_graded', 'prepare_splits', 'make_datasets']
+__all__ = ['image_paths', 'load_image', 'augmentation', 'make_dataset', 'make_datasets']
 
 # %% ../nbs/04_pipeline.ipynb #332488ac
 def image_paths(table:pd.DataFrame, # a canonical table
@@ -121,35 +120,8 @@ def make_dataset(table:pd.DataFrame, # a canonical table
     ds = _augmented(ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE), augment, seed)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
-# %% ../nbs/04_pipeline.ipynb #8be0ce0f
-def load_graded(table_csv:str='', # a canonical table CSV (drbook.data.save_table); '': the synthetic samples
-                max_images:int=0, # at most this many images, the same share of each grade; 0: all
-                seed:int=42, # seed of the subsample
-               )->pd.DataFrame:
-    "The graded rows of the table in `table_csv` (or of the synthetic samples), optionally subsampled per grade."
-    table = load_table(table_csv) if table_csv else read_samples()
-    table = table[table['grade'].notna()]
-    if len(table) == 0: raise ValueError(f"{table_csv or 'the synthetic samples'}: no row has an ICDR grade")
-    if max_images and len(table) > max_images:  # the same share of each grade
-        table = table.groupby('grade').sample(frac=max_images / len(table), random_state=seed).sort_index()
-    return table.reset_index(drop=True)
-
-# %% ../nbs/04_pipeline.ipynb #45caaa1a
-def prepare_splits(table:pd.DataFrame, # graded rows, e.g. from `load_graded`
-                   recipe:str='', # a preprocessing recipe of drbook.preprocess ('graham', 's3', …); '': none
-                   image_size:int=224, # side of the preprocessed images
-                   fractions:tuple=(0.7, 0.15, 0.15), # shares of the train, val and test splits
-                   seed:int=42, # seed of the split
-                  )->tuple:
-    "`({'train', 'val', 'test'}: tables, failures)`: preprocessed (cached) and split by patient, stratified by grade."
-    failures = pd.DataFrame(columns=['image_path', 'reason'])
-    if recipe:
-        table, failures = preprocess_dataset(table, recipe, size=image_size)
-        table = table[table['preprocessed_path'].notna()].reset_index(drop=True)  # failures are reported, not dropped silently
-    return dict(zip(('train', 'val', 'test'), split_table(table, fractions, seed=seed))), failures
-
 # %% ../nbs/04_pipeline.ipynb #93883aa1
-def make_datasets(splits:dict, # {'train', 'val', 'test'}: tables, from `prepare_splits`
+def make_datasets(splits:dict, # {'train', 'val', 'test'}: tables, from `drbook.preprocess.prepare_splits`
                   task:str, # a key of drbook.tasks.TASKS
                   image_size:int, # side of the images the model takes
                   batch_size:int=32, # images per batch

@@ -108,7 +108,7 @@ def test_preprocessed_path_is_preferred(table, tmp_path):
     np.testing.assert_array_equal(xs[:, SIZE // 2, SIZE // 2, 0], [red(g) for g in table['grade']])
 
 def test_fits_any_image_in_a_square_without_stretching(tmp_path):
-    cv2.imwrite(str(tmp_path/'wide.png'), np.full((40, 80, 4), 90, np.uint8))  # 2:1, with an alpha channel
+    cv2.imwrite(str(tmp_path/'wide.png'), np.dstack([np.full((40, 80, 3), 90, np.uint8), np.full((40, 80), 255, np.uint8)]))  # 2:1, opaque alpha
     cv2.imwrite(str(tmp_path/'tall.jpg'), np.full((64, 32), 90, np.uint8))  # 1:2 grayscale JPEG
     img = load_image(str(tmp_path/'wide.png'), 16).numpy()
     assert img.shape == (16, 16, 3) and img.dtype == np.uint8
