@@ -4,8 +4,8 @@
 
 # %% ../nbs/10_ensembles.ipynb #fbfacf6c
 from __future__ import annotations
-import hashlib, json, re
-from dataclasses import dataclass, asdict
+import json, re, warnings
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,16 +15,20 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from .core import N_GRADES, atomic_write, seed_everything
 from .tasks import (TASKS, check_scores, check_task, class_scores, output_layer, scores_to_grades, table_grades)
 from .metrics import check_pair, confusion_matrix
+from .registry import parse_reference, table_fingerprint
+from .preprocess import prepare_splits
+from .pipeline import make_dataset
 from .scratch import build_scratch_cnn
 from .transfer import build_model, calibrate_batchnorm, resolve_weights
-from .train import compile_for
+from .train import compile_for, predict
 
 # %% auto #0
 __all__ = ['FORMAT', 'STACKERS', 'majority_vote', 'accuracy_weights', 'member_recalls', 'recall_weights', 'weighted_average',
-           'average_to_grades', 'MemberSpec', 'parse_members', 'build_member', 'member_run_name', 'table_hash',
-           'check_member_scores', 'save_member_scores', 'load_model_scores', 'member_grades', 'member_probabilities',
-           'expected_grade', 'aligned_grades', 's3_stacker_model', 'logistic_stacker', 'dense_stacker',
-           'stack_features', 'cv_folds', 'stack', 'average_expected_grades', 'diversity']
+           'average_to_grades', 'MemberSpec', 'parse_members', 'build_member', 'check_member_scores',
+           'save_member_scores', 'load_model_scores', 'member_name', 'reference_splits', 'score_member',
+           'member_grades', 'member_probabilities', 'expected_grade', 'aligned_grades', 's3_stacker_model',
+           'logistic_stacker', 'dense_stacker', 'stack_features', 'cv_folds', 'stack', 'average_expected_grades',
+           'diversity']
 
 # %% ../nbs/10_ensembles.ipynb #b9d7bfb7
 def majority_vote(votes, # (members, n) grades 0–4, one row per member
@@ -127,23 +131,10 @@ def build_member(spec:MemberSpec, # what to build
     if resolve_weights(weights) is None and images is not None: calibrate_batchnorm(model, images)
     return model
 
-def member_run_name(spec:MemberSpec, # the member
-                    **settings, # everything else that makes the run (table, image size, recipe, epochs, …)
-                   )->str:
-    "The folder name of a member's training run: its name and a short hash of its spec and settings."
-    key = json.dumps({**asdict(spec), **settings}, sort_keys=True, default=str)
-    return f"{spec.name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-
 # %% ../nbs/10_ensembles.ipynb #89505367
-FORMAT = 1  # version of the manifest written by save_member_scores
+FORMAT = 2  # version of the manifest written by save_member_scores (2: the registry's table fingerprint)
 
 def _activation(task:str)->str: return TASKS[check_task(task)].activation
-
-def table_hash(splits:dict, # {split: table} with `image_id` and `grade`, e.g. from drbook.pipeline.prepare_splits
-              )->str:
-    "A short hash of which image is in which split with which grade (row order does not matter)."
-    rows = sorted((str(i), str(k), str(g)) for k, t in splits.items() for i, g in zip(t['image_id'], t['grade']))
-    return hashlib.sha1(json.dumps(rows).encode()).hexdigest()[:16]
 
 def check_member_scores(scores, # one member's outputs on one split
                         task:str, # the member's task
@@ -164,13 +155,13 @@ def save_member_scores(folder:Path|str, # where the member's files go (one folde
                        name:str, # the member's name: letters, digits, _ or -
                        task:str, # the member's task (a grading task of drbook.tasks.TASKS)
                        scores:dict, # {split: outputs}, e.g. {'val': …, 'test': …}, rows in the order of `splits[split]`
-                       splits:dict, # {split: table}: every split of the data, from drbook.pipeline.prepare_splits
+                       splits:dict, # {split: table}: every split of the data, from drbook.preprocess.prepare_splits
                        info:dict|None=None, # anything else to keep (e.g. the settings of its training run)
                       )->Path:
     "Save a member's outputs as `name.<split>.npy` and its manifest `name.json`, atomically; return the manifest's path."
     folder, task = Path(folder), check_task(task)
     if not re.fullmatch(r'[A-Za-z0-9_-]+', name): raise ValueError(f"member name {name!r}: use letters, digits, _ or -")
-    manifest = dict(format=FORMAT, name=name, task=task, table_hash=table_hash(splits), info=info or {}, splits={})
+    manifest = dict(format=FORMAT, name=name, task=task, tables=table_fingerprint(splits), info=info or {}, splits={})
     for split, s in scores.items():
         if split not in splits: raise ValueError(f"member {name!r}: scores for split {split!r}, which `splits` does not have")
         ids = splits[split]['image_id'].astype(str).tolist()
@@ -186,12 +177,12 @@ def _load_member(path:Path, splits, tasks)->dict:
     "One member from its manifest at `path`: checked, with its arrays loaded."
     try: man = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e: raise ValueError(f"{path}: not a member manifest ({e})") from None
-    missing = [k for k in ('name', 'task', 'table_hash', 'splits') if k not in man]
+    missing = [k for k in ('name', 'task', 'tables', 'splits') if k not in man]
     if missing or man.get('format') != FORMAT: raise ValueError(f"{path}: not a member manifest of format {FORMAT} (missing {missing})")
     task = check_task(man['task'])
     if tasks is not None and task not in tasks: raise ValueError(f"{path}: member {man['name']!r} is task {task!r}, not one of {list(tasks)}")
     if not TASKS[task].graded: raise ValueError(f"{path}: member {man['name']!r} is task {task!r}, which does not grade")
-    out = {'name': man['name'], 'task': task, 'file': str(path), 'table_hash': man['table_hash'], 'info': man.get('info', {}),
+    out = {'name': man['name'], 'task': task, 'file': str(path), 'tables': man['tables'], 'info': man.get('info', {}),
            'image_ids': {}, 'scores': {}}
     for split in splits:
         if split not in man['splits']: raise ValueError(f"{path}: member {man['name']!r} has no scores for split {split!r}")
@@ -203,12 +194,7 @@ def _load_member(path:Path, splits, tasks)->dict:
 
 # %% ../nbs/10_ensembles.ipynb #d3e1884d
 def _check_match(m:dict, ref:dict, splits, tables):
-    "ValueError naming `m`'s manifest when its table, images or their order differ from `ref`'s (or from `tables`)."
-    if tables is not None and m['table_hash'] != table_hash(tables):
-        raise ValueError(f"{m['file']}: member {m['name']!r} was made on other split tables (table hash {m['table_hash']}, "
-                         f"these tables {table_hash(tables)})")
-    if m['table_hash'] != ref['table_hash']:
-        raise ValueError(f"{m['file']}: table hash {m['table_hash']} differs from {ref['file']}'s {ref['table_hash']}")
+    "ValueError naming `m`'s manifest when its images, their order or its split tables differ from `ref`'s (or from `tables`)."
     for split in splits:
         mine = m['image_ids'][split]
         theirs = ref['image_ids'][split] if tables is None else tables[split]['image_id'].astype(str).tolist()
@@ -217,6 +203,10 @@ def _check_match(m:dict, ref:dict, splits, tables):
         diff = [i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
         if diff: raise ValueError(f"{m['file']}: its {split} images differ or are in another order "
                                   f"(row {diff[0]}: {mine[diff[0]]!r}, expected {theirs[diff[0]]!r})")
+    theirs, where = (ref['tables'], ref['file']) if tables is None else (table_fingerprint(tables), 'these tables')
+    if m['tables'] != theirs:
+        raise ValueError(f"{m['file']}: member {m['name']!r} was made on other split tables (fingerprint {m['tables'][:12]}, "
+                         f"{where} {theirs[:12]}): another table, seed or split")
 
 def load_model_scores(folders, # a folder of saved members, or a list of folders (S3's load_model_scores)
                       splits=('val', 'test'), # the splits every member must have
@@ -237,6 +227,44 @@ def load_model_scores(folders, # a folder of saved members, or a list of folders
     dup = [m['file'] for m in members if names.count(m['name']) > 1]
     if dup: raise ValueError(f"member names must differ: {dup}")
     return members
+
+# %% ../nbs/10_ensembles.ipynb #e10a0002
+def member_name(model:str|Path, # '@08/InceptionV3-s1-adam', or a model folder / .keras file
+               )->str:
+    "A member name (letters, digits, _ or -) for a model reference or folder: '@08/InceptionV3-s1-adam' -> '08_InceptionV3-s1-adam'."
+    ref = parse_reference(model)
+    p = Path(model)
+    text = f'{ref[0]}_{ref[1]}' if ref else (p.parent.name if p.suffix == '.keras' else p.name)
+    return re.sub(r'[^A-Za-z0-9_-]+', '_', text).strip('_') or 'member'
+
+def reference_splits(trained, # a drbook.models.Trained (from drbook.models.load)
+                     table:pd.DataFrame, # the chapter's graded table
+                     fractions:tuple, # the chapter's train, val and test shares
+                     seed:int, # the chapter's split seed
+                     like:dict, # the chapter's own splits: the member's must hold the same rows
+                     name:str='member', # how to call the member in messages
+                    )->dict:
+    "The splits of `table` at the member's own image size and recipe, checked to hold the same rows as `like`."
+    recipe, size = trained.meta['recipe'], trained.meta['image_size']
+    splits, _ = prepare_splits(table, recipe or '', size, fractions, seed=seed)
+    if table_fingerprint(splits) != table_fingerprint(like):
+        n = {k: (len(splits[k]), len(like[k])) for k in like}
+        raise ValueError(f"{name}: preprocessed its way ({recipe.name if recipe else 'no recipe'}, {size} px) the splits hold other rows "
+                         f"than the chapter's (images per split, member vs chapter: {n}): every member must see the same rows")
+    trained_on = trained.meta.get('config', {}).get('tables')
+    if trained_on and trained_on != table_fingerprint({k: splits[k] for k in ('train', 'val')}):
+        warnings.warn(f"{name} ({trained.folder}) was trained on other training/validation rows than this split gives: "
+                      "if it saw some of these test eyes, its test scores are optimistic (same table_csv, seed and fractions?)")
+    return splits
+
+def score_member(trained, # a drbook.models.Trained
+                 splits:dict, # its splits, at its image size and recipe (reference_splits)
+                 batch_size:int=32, # images per prediction batch
+                 tta:bool=False, # average over the image and its three mirror images
+                )->dict:
+    "The member's outputs on the 'val' and 'test' splits, in table order."
+    size, task = trained.meta['image_size'], trained.meta['task']
+    return {k: predict(trained.model, make_dataset(splits[k], task, size, batch_size), tta=tta) for k in ('val', 'test')}
 
 # %% ../nbs/10_ensembles.ipynb #9698cd5c
 def member_grades(member:dict, split:str)->np.ndarray:

@@ -10,7 +10,9 @@ from drbook.preprocess import class_weights
 from drbook.ensemble import (MemberSpec, accuracy_weights, aligned_grades, average_to_grades,
                              cv_folds, load_model_scores, majority_vote, member_probabilities, member_recalls,
                              logistic_stacker, parse_members, recall_weights, s3_stacker_model, save_member_scores,
-                             stack, stack_features, table_hash, weighted_average)
+                             stack, stack_features, weighted_average, member_name, reference_splits,
+                             score_member, check_member_scores)
+from drbook.registry import table_fingerprint
 from drbook.metrics import qwk
 
 
@@ -178,7 +180,7 @@ def test_round_trip_and_checks(tmp_path):
     p = member_probabilities(members[0], 'test')
     assert p.shape == (25, 5) and np.allclose(p.sum(1), 1)
     man = json.loads((tmp_path/'soft.json').read_text())
-    assert man['task'] == 'multiclass' and man['table_hash'] == table_hash(splits)
+    assert man['task'] == 'multiclass' and man['tables'] == table_fingerprint(splits)
     assert sorted(q.name for q in tmp_path.iterdir()) == sorted(
         f'{n}{s}' for n in ('soft', 'ord', 'reg') for s in ('.json', '.val.npy', '.test.npy'))
 
@@ -194,7 +196,7 @@ def test_members_of_other_order_length_or_table_are_refused(tmp_path):
     (tmp_path/'z_order.json').unlink()
     other = _splits(seed=5)  # same ids, other grades: another table
     save_member_scores(tmp_path, 'z_table', 'multiclass', {'val': np.full((30, 5), 0.2), 'test': soft}, other)
-    with pytest.raises(ValueError, match=r'z_table\.json: table hash'): load_model_scores(tmp_path)
+    with pytest.raises(ValueError, match=r"z_table\.json: member 'z_table' was made on other split tables"): load_model_scores(tmp_path)
     with pytest.raises(ValueError, match=r'made on other split tables'): load_model_scores(tmp_path, tables=other | {'test': splits['test']})
     (tmp_path/'z_table.json').unlink()
     # a manifest edited to claim fewer images than the tables
@@ -248,3 +250,32 @@ def test_duplicate_member_names_across_folders(tmp_path):
 
 # --- the paired bootstrap
 
+
+
+# --- members by reference
+
+def test_member_names_from_references_and_folders():
+    assert member_name('@08/InceptionV3-s1-adam') == '08_InceptionV3-s1-adam'
+    assert member_name('@12a/x y') == '12a_x_y'
+    assert member_name('/tmp/models/exp5-0123456789ab/model.keras') == member_name('/tmp/models/exp5-0123456789ab') == 'exp5-0123456789ab'
+
+
+def test_a_referenced_member_scores_the_same_rows_at_its_own_size(tmp_path):
+    from types import SimpleNamespace
+    from drbook.preprocess import load_graded, prepare_splits
+    from drbook.scratch import build_scratch_cnn
+    table = load_graded('')
+    fractions = (0.7, 0.15, 0.15)
+    mine, _ = prepare_splits(table, '', 64, fractions, seed=42)  # the chapter's own splits, at 64 px
+    trained_on = table_fingerprint({k: mine[k] for k in ('train', 'val')})
+    meta = {'recipe': None, 'image_size': 48, 'task': 'multiclass', 'config': {'tables': trained_on}}  # what is read of a Trained
+    member = SimpleNamespace(name='m', folder=tmp_path, model=build_scratch_cnn('sample', 48), meta=meta)
+    theirs = reference_splits(member, table, fractions, 42, mine, '@07/m')
+    assert table_fingerprint(theirs) == table_fingerprint(mine)
+    scores = score_member(member, theirs, batch_size=64)
+    assert {k: check_member_scores(v, 'multiclass').shape for k, v in scores.items()} == {k: (len(mine[k]), 5) for k in ('val', 'test')}
+    with pytest.raises(ValueError, match=r"@07/m: preprocessed its way \(no recipe, 48 px\) the splits hold other rows"):
+        reference_splits(member, table, fractions, 7, mine, '@07/m')  # another seed: other rows
+    elsewhere = SimpleNamespace(name='m', folder=tmp_path, model=member.model, meta={**meta, 'config': {'tables': 'f' * 64}})
+    with pytest.warns(UserWarning, match='trained on other training/validation rows'):
+        reference_splits(elsewhere, table, fractions, 42, mine, '@07/m')
