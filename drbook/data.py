@@ -64,8 +64,8 @@ def rows_error(table:pd.DataFrame, # the table
     def value(r): v = table.at[r, column]; return repr(v.item() if isinstance(v, np.generic) else v)
     named = [f'{label}{r}' + (f' ({ids[r]})' if pd.notna(ids[r]) else '') + (f': {column} = {value(r)}' if column else '')
              for r in rows[:10]]
-    more = f'; … and {len(rows) - 10} more' if len(rows) > 10 else ''
-    return ValueError(f"{len(rows)} row(s) {why}: {'; '.join(named)}{more}")
+    more = f', … and {len(rows) - 10} more' if len(rows) > 10 else ''
+    return ValueError(f"{len(rows)} row(s) {why}: {', '.join(named)}{more}")
 
 def _convert(df, col, dtype):
     "Column `col` of `df` converted to `dtype`, raising `rows_error` for values that do not convert."
