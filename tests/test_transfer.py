@@ -10,8 +10,9 @@ import tensorflow as tf
 
 from drbook.core import N_GRADES, MULTILABEL
 from drbook.tasks import TASKS
+from drbook.gradcam import cam_model
 from drbook.transfer import (BACKBONES, HEADS, PreprocessInput, add_head, backbone_layers, backbone_of, block_labels,
-                             block_names, build_model, calibrate_batchnorm, conv_output_model, feature_model,
+                             block_names, build_model, calibrate_batchnorm, feature_model,
                              get_backbone, head_layers, head_model, keras_weights_path, resolve_weights, weights_used,
                              PRETRAINED, backbone_arrays, load_pretrained, pretrained_dir, pretrained_file)
 
@@ -39,15 +40,15 @@ def test_backbone_flat_forward_and_gradient(name):
     layers = backbone_layers(model)
     assert layers[-1].name == bb.output and bb.last_conv in [l.name for l in layers]
     assert all(l.trainable is False for l in layers) and head_layers(model)[-1].name == 'predictions'
-    # one forward pass through the (feature maps, predictions) model, and the gradient of the top class score
-    # with respect to the last conv output: it exists and is not all zero
+    # one forward pass through the Grad-CAM graph (feature maps, class scores before the softmax), and the gradient of
+    # the top class score with respect to the last conv output: it exists and is not all zero
     x = _image(bb.min_size)
-    cam = conv_output_model(model)
+    cam = cam_model(model)
     with tf.GradientTape() as tape:
         maps, out = cam(x, training=False)
         score = tf.gather(out[0], tf.argmax(out[0]))
     assert out.shape == (1, N_GRADES) and np.isfinite(out.numpy()).all()
-    np.testing.assert_allclose(out.numpy().sum(), 1, rtol=1e-5)
+    np.testing.assert_allclose(tf.nn.softmax(out).numpy(), model(x, training=False).numpy(), rtol=1e-4, atol=1e-6)  # the logits
     grads = tape.gradient(score, maps)
     assert grads is not None, f'{name}: no gradient from the output to {bb.last_conv}'
     assert maps.shape[1:] == grads.shape[1:] and bool(tf.reduce_any(grads != 0)), f'{name}: gradient all zero'
@@ -152,13 +153,13 @@ def test_saved_model_reloads_with_its_scaling_and_conv_output(tmp_path):
     loaded = load_model(tmp_path/'m.keras', compile=False)
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
     assert backbone_of(loaded).name == 'MobileNetV2'
-    maps, _ = conv_output_model(loaded)(x)
+    maps, _ = cam_model(loaded)(x)
     assert maps.shape == (1, 1, 1, 1280)
 
 def test_calibrate_batchnorm_gives_random_backbones_live_features():
     keras.utils.set_random_seed(0)
     model = build_model('ResNet50', image_size=32)
-    cam = conv_output_model(model)
+    cam = cam_model(model)
     batch = np.random.default_rng(2).uniform(0, 255, (8, 32, 32, 3)).astype('float32')
     before = np.abs(cam(batch)[0].numpy()).mean()
     moving = model.get_layer('conv5_block3_3_bn').moving_variance.numpy().copy()
