@@ -13,7 +13,8 @@ from . import __version__
 from .core import GRADES, N_GRADES, atomic_write, file_lock, seed_everything
 from .preprocess import get_recipe
 from .tasks import check_cutpoints, check_thresholds, get_task
-from .pipeline import load_graded, prepare_splits, make_datasets
+from .preprocess import load_graded, prepare_splits
+from .pipeline import make_datasets
 from .train import compile_for, fit, load_model
 from .scratch import build_scratch_cnn
 from .registry import config_key, table_fingerprint, models_root, publish as publish_entry, resolve_reference
