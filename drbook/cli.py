@@ -43,9 +43,9 @@ def _parser()->argparse.ArgumentParser:
     c.add_argument('--reference', help="tolerances from this reference (default: the profile's, when it exists; else none)")
     c.add_argument('--all', action='store_true', help='print every record, not only those that differ')
     q = sub.add_parser('predict', help='grade photographs with a trained model: predictions.csv and report.html',
-                       description='Grade fundus photographs with a saved model (preprocessing from the model.json beside it); '
+                       description='Grade fundus photographs with a saved model (preprocessing from its model.json); '
                        'write predictions.csv and report.html (heatmaps) in --out. Not a medical device.')
-    q.add_argument('model', help='a .keras model saved by drbook (model.json beside it)')
+    q.add_argument('model', help='a model folder (model.keras + model.json), a .keras file, or @NN/name (a model a chapter published)')
     q.add_argument('images', nargs='+', help='image files and folders (searched recursively)')
     q.add_argument('--out', required=True, help='output folder (never inside an input folder)')
     q.add_argument('--tta', action='store_true', help='average the scores over the image and its three flips')
