@@ -15,6 +15,7 @@ from scipy.stats import rankdata
 from .core import LESIONS
 from .data import read_mask
 from .preprocess import read_fundus, fov_box, square_crop, get_recipe
+from .gradcam import check_class_index
 
 # %% auto #0
 __all__ = ['resize_masks', 'lesion_mask', 'lesion_masks', 'check_maps', 'check_masks', 'check_images', 'model_scores',
@@ -55,7 +56,7 @@ def lesion_mask(row:dict, # a canonical table row (image_path, mask_MA, …)
     return square_crop(union, fov_box(photo)) if crop else union
 
 # %% ../nbs/12a_cam_checks.ipynb #ee2ea2f9
-def lesion_masks(table:pd.DataFrame, # canonical table rows, e.g. a split from drbook.pipeline.prepare_splits
+def lesion_masks(table:pd.DataFrame, # canonical table rows, e.g. a split from drbook.preprocess.prepare_splits
                  size, # side (or (H, W)) of the maps the masks are compared with
                  recipe='', # the preprocessing recipe of the images ('' = none); a first 'crop' step is followed
                  lesions:tuple=tuple(LESIONS), # lesion types joined into one mask (a grading model: all four)
@@ -116,16 +117,10 @@ def model_scores(model, # a Keras model
 def class_indices(model, images, # the model and the images it explains
                   class_index=None, # None: the predicted class of each image; an int; or one int per image
                  )->np.ndarray:
-    "One class per image, checked against the model's number of outputs."
-    n, k = len(images), int(model.outputs[0].shape[-1])
-    if class_index is None: return model_scores(model, images).argmax(-1) if k > 1 else np.zeros(n, int)
-    c = np.asarray(class_index)
-    if c.ndim > 1 or (c.ndim == 1 and len(c) != n):
-        raise ValueError(f"class_index: expected an int or one per image ({n}), got shape {c.shape}")
-    if not np.issubdtype(c.dtype, np.integer): raise ValueError(f"class_index: expected integers, got {c.dtype}")
-    bad = np.unique(c[(c < 0) | (c >= k)])
-    if len(bad): raise ValueError(f"class_index: {bad.tolist()} out of range for a model with {k} outputs (0…{k - 1})")
-    return np.broadcast_to(c, (n,)).astype(int)
+    "One class per image, checked by drbook.gradcam's `check_class_index` (None: the class each image is predicted)."
+    if isinstance(class_index, str): raise ValueError(f"class_index={class_index!r}: the checks explain one class per image")
+    idx = check_class_index(class_index, len(images), int(model.outputs[0].shape[-1])).astype(int)
+    return model_scores(model, images).argmax(-1) if class_index is None else idx
 
 # %% ../nbs/12a_cam_checks.ipynb #3f5da4ae
 def explain_maps(explain, # explain(model, images, class_index) -> maps (n, H, W) in [0, 1]

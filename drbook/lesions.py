@@ -10,24 +10,19 @@ import numpy as np
 import pandas as pd
 import keras
 import matplotlib.pyplot as plt
-from .core import LESIONS, MULTILABEL, strategy_scope
+from .core import LESIONS, LESION_COLOURS, MULTILABEL
 from .tasks import lesion_labels
-from .metrics import fit_label_thresholds, save_thresholds, multilabel_metrics
+from .metrics import fit_label_thresholds, multilabel_metrics
 from .preprocess import split_table
-from .scratch import build_scratch_cnn
-from .transfer import build_model, conv_head
-from .gradcam import gradcam, guided_gradcam
+from .gradcam import cam_method, normalise_maps
 from .cam_checks import lesion_masks, localisation_table, mask_iou, baseline_maps, check_maps
 
 # %% auto #0
-__all__ = ['LESION_COLOURS', 'REFERABLE_LESIONS', 'draw_outlines', 'check_lesion_masks', 'label_frame', 'plot_label_counts',
-           'label_notes', 'check_splits', 'lesion_model', 'fit_thresholds', 'guided_magnitude', 'label_maps',
-           'combined_map', 'plot_outlines', 'label_masks', 'label_localisation', 'referable_from_labels',
-           'referable_table']
+__all__ = ['REFERABLE_LESIONS', 'draw_outlines', 'check_lesion_masks', 'label_frame', 'plot_label_counts', 'label_notes',
+           'check_splits', 'fit_thresholds', 'guided_magnitude', 'label_maps', 'combined_map', 'plot_outlines',
+           'label_masks', 'label_localisation', 'referable_from_labels', 'referable_table']
 
 # %% ../nbs/13_lesions.ipynb #8ab85008
-LESION_COLOURS = {'MA': (255, 105, 180), 'HE': (255, 0, 0), 'EX': (255, 255, 0), 'SE': (0, 0, 255)}  # pink, red, yellow, blue (S4 fig. 6)
-
 def draw_outlines(image, # (H, W, 3) RGB in [0, 255]
                   maps, # (len(lesions), H, W): one map in [0, 1] (or a boolean mask) per lesion type
                   threshold:float=0.5, # a map's pixels at or above it form the regions outlined
@@ -85,7 +80,7 @@ def label_notes(labels, # 0/1 labels (n, L): a label_frame, or a matrix in `name
             f"{k!r} is on every one of the {what}: no negative example (its specificity and AUC cannot be measured there)"
             for k, p in f.sum().astype(int).items() if n and p in (0, n)]
 
-def check_splits(splits:dict, # {'train', 'val', 'test'}: tables, from drbook.pipeline.prepare_splits
+def check_splits(splits:dict, # {'train', 'val', 'test'}: tables, from drbook.preprocess.prepare_splits
                  fractions:tuple=(0.7, 0.15, 0.15), # the shares they were cut with, for the message
                 )->dict:
     "`splits`, checked: each of train, val and test holds an image (training, threshold fitting, testing); else how many images are needed."
@@ -98,50 +93,34 @@ def check_splits(splits:dict, # {'train', 'val', 'test'}: tables, from drbook.pi
                          f"{'/'.join(str(round(100 * f)) for f in fractions)} split (more when a patient has several)")
     return splits
 
-# %% ../nbs/13_lesions.ipynb #f61f2076
-def lesion_model(backbone:str='scratch', # 'scratch' (chapter 07's sample CNN) or a key of drbook.transfer.BACKBONES
-                 image_size:int=96, # input side in pixels
-                 weights=None, # a backbone's weights: 'imagenet', a file, or None/'none' (random)
-                 cut:str='pool3', # 'scratch' only: the sample CNN's layer the head goes on
-                )->keras.Model:
-    "S4's multi-label model: backbone feature maps → three convolutions → five sigmoids (`multilabel`), logits kept."
-    with strategy_scope():  # every variable, the head's too, under the strategy that trains them (several GPUs)
-        if backbone != 'scratch': return build_model(backbone, 'multilabel', image_size, head='s4_conv', weights=weights)
-        base = build_scratch_cnn('sample', image_size, 'multilabel')
-        return keras.Model(base.input, conv_head(base.get_layer(cut).output, 'multilabel'), name='scratch_s4_conv')
-
 # %% ../nbs/13_lesions.ipynb #328a122f
 def fit_thresholds(y:dict, # {split: 0/1 label matrix (n, 5)}: needs 'val'
                    scores:dict, # {split: the model's sigmoid outputs (n, 5)}: needs 'val'
-                   out_dir=None, # a model's folder: thresholds.json is written there
                    labels=MULTILABEL, # label names, in column order
                   )->np.ndarray:
-    "One threshold per label, fitted on the validation split only (S4), and saved beside the model when `out_dir` is given."
+    "One threshold per label, fitted on the validation split only (S4); notes for labels without a cut to choose."
     if 'val' not in y or 'val' not in scores: raise ValueError(f"thresholds are fitted on the 'val' split; got {sorted(y)} and {sorted(scores)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         t = fit_label_thresholds(y['val'], scores['val'], labels)
     for w in caught: print(f"note: {w.message}")
-    if out_dir is not None: save_thresholds(out_dir, 'multilabel', thresholds=t, labels=labels, fitted_on='validation', n_val=len(y['val']))
     return t
 
 # %% ../nbs/13_lesions.ipynb #5a40262e
 def guided_magnitude(g, # signed gradients (..., H, W, 3), e.g. from guided_gradcam
                     )->np.ndarray:
     "Gradients as maps (..., H, W) in [0, 1]: the largest absolute value over the channels, over the map's maximum."
-    m = np.abs(np.asarray(g, np.float32)).max(-1)
-    top = m.max(axis=(-2, -1), keepdims=True)
-    return np.divide(m, top, out=np.zeros_like(m), where=top > 0)
+    return normalise_maps(np.abs(np.asarray(g, np.float32)).max(-1))
 
 def label_maps(model:keras.Model, # a multilabel model (outputs in MULTILABEL order)
                images, # (n, H, W, 3) float32 RGB in [0, 255]
-               method:str='gradcam', # 'gradcam' or 'guided_gradcam'
+               method:str='gradcam', # a key of drbook.gradcam.METHODS ('gradcam', 'guided_gradcam', …)
                lesions=tuple(LESIONS), # the lesion outputs explained: the first len(lesions) outputs
               )->np.ndarray:
-    "One map per image and lesion label, (n, len(lesions), H, W) in [0, 1], of each label's logit."
-    if method not in ('gradcam', 'guided_gradcam'): raise ValueError(f"method={method!r}: expected 'gradcam' or 'guided_gradcam'")
-    one = (lambda j: gradcam(model, images, j)) if method == 'gradcam' else (lambda j: guided_magnitude(guided_gradcam(model, images, j)))
-    return np.stack([one(j) for j in range(len(lesions))], 1)
+    "One map per image and lesion label, (n, len(lesions), H, W) in [0, 1], of each label's logit (guided methods: `guided_magnitude`)."
+    explain = cam_method(method)
+    as_map = guided_magnitude if method.startswith('guided') else np.asarray
+    return np.stack([as_map(explain(model, images, j)) for j in range(len(lesions))], 1)
 
 # %% ../nbs/13_lesions.ipynb #fda0c0a8
 def combined_map(maps, # (n, L, H, W) per-label maps in [0, 1]
@@ -150,9 +129,7 @@ def combined_map(maps, # (n, L, H, W) per-label maps in [0, 1]
     "S4 eq. 4: the sum of the predicted labels' maps over Z, its maximum, (n, H, W) in [0, 1]; zeros when none is predicted."
     maps, p = np.asarray(maps, np.float32), np.asarray(predicted, np.float32)
     if p.shape != maps.shape[:2]: raise ValueError(f"predicted: expected shape {maps.shape[:2]} (one 0/1 per image and map), got {p.shape}")
-    total = (maps * p[..., None, None]).sum(1)
-    top = total.max(axis=(1, 2), keepdims=True)
-    return np.divide(total, top, out=np.zeros_like(total), where=top > 0)
+    return normalise_maps((maps * p[..., None, None]).sum(1))
 
 # %% ../nbs/13_lesions.ipynb #26ef1381
 def plot_outlines(images, # (n, H, W, 3) RGB in [0, 255]

@@ -275,7 +275,7 @@ def test_perturbation_curves_end_points(detector):
 def test_class_and_map_checks(detector):
     model, x, _ = detector
     assert class_indices(model, x[:3]).tolist() == [1, 1, 1]
-    with pytest.raises(ValueError, match=r'class_index: \[2\] out of range'):
+    with pytest.raises(ValueError, match=r'class_index=2 is out of range'):
         class_indices(model, x[:3], 2)
     with pytest.raises(ValueError, match=r'expected \(3, 32, 32\)'):
         explain_maps(lambda m, im, c: np.ones((3, 8, 8)), model, x[:3], [1, 1, 1])

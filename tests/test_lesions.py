@@ -8,13 +8,14 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from drbook import core
 from drbook.core import LESIONS, MULTILABEL
 from drbook.data import read_samples, read_idrid_segmentation
 from drbook.tasks import lesion_labels
-from drbook.metrics import load_thresholds
 from drbook.lesions import (LESION_COLOURS, check_lesion_masks, check_splits, combined_map, draw_outlines, fit_thresholds,
-                            label_frame, label_localisation, label_maps, label_masks, label_notes, lesion_model,
+                            label_frame, label_localisation, label_maps, label_masks, label_notes,
                             plot_label_counts, referable_from_labels, referable_table)
+from drbook.lesion_model import lesion_model, keep_thresholds, train_lesion_model
 
 CODES = list(LESIONS)
 
@@ -74,14 +75,18 @@ def _split(n, rng):
     return y, np.clip(y * 0.5 + rng.random((n, 5)) * 0.6, 0, 1)
 
 
-def test_thresholds_fitted_on_validation_only(tmp_path):
+def test_thresholds_fitted_on_validation_only_and_kept_in_model_json(tmp_path):
+    from drbook.models import Trained, save_meta, load_meta
     rng = np.random.default_rng(0)
     (yv, sv), (yt, st) = _split(60, rng), _split(40, rng)
-    t = fit_thresholds({'val': yv, 'test': yt}, {'val': sv, 'test': st}, tmp_path)
+    t = fit_thresholds({'val': yv, 'test': yt}, {'val': sv, 'test': st})
     assert np.array_equal(t, fit_thresholds({'val': yv, 'test': 1 - yt}, {'val': sv, 'test': st[::-1]}))
     assert not np.array_equal(t, fit_thresholds({'val': yt}, {'val': st}))  # other data would move them
-    saved = load_thresholds(tmp_path)
-    assert np.allclose(saved['thresholds'], t) and saved['meta']['fitted_on'] == 'validation'
+    save_meta(tmp_path, 'multilabel', 32, 'graham', config={'builder': 'x'}, key='k1', history={'loss': [1.0]}, trained_on='test')
+    kept = keep_thresholds(Trained('lesions', tmp_path, None, load_meta(tmp_path), 'k1'), t)
+    back = load_meta(tmp_path)  # one file: model.json holds the thresholds beside everything it held before
+    assert np.allclose(back['thresholds'], t) and np.allclose(kept.meta['thresholds'], t) and not (tmp_path/'thresholds.json').exists()
+    assert back['key'] == 'k1' and back['history'] == {'loss': [1.0]} and back['extra'] == {'trained_on': 'test'} and back['recipe'].name == 'graham'
     with pytest.raises(ValueError, match="fitted on the 'val' split"): fit_thresholds({'test': yt}, {'test': st})
 
 
@@ -101,7 +106,7 @@ def test_outlines_only_inside_the_thresholded_map_and_in_s4_colours():
     for j, code in enumerate(CODES):  # each blob's outline in its lesion's colour
         on = changed & (maps[j] >= 0.5)
         assert on.any() and {tuple(p) for p in drawn[on]} == {LESION_COLOURS[code]}
-    assert LESION_COLOURS == {'MA': (255, 105, 180), 'HE': (255, 0, 0), 'EX': (255, 255, 0), 'SE': (0, 0, 255)}
+    assert LESION_COLOURS is core.LESION_COLOURS  # one colour table for every chapter
     assert (draw_outlines(image, np.zeros_like(maps)) == 50).all()
 
 
@@ -145,7 +150,7 @@ def test_lesion_model_and_label_maps():
     assert model.output.shape[1:] == (5,) and model.layers[-2].name == 'logits'
     maps = label_maps(model, np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32), 'guided_gradcam')
     assert maps.shape == (2, 4, 64, 64) and maps.min() >= 0 and maps.max() <= 1
-    with pytest.raises(ValueError, match="expected 'gradcam' or 'guided_gradcam'"): label_maps(model, np.zeros((1, 64, 64, 3)), 'lime')
+    with pytest.raises(ValueError, match=r"method='lime': expected one of \['gradcam'"): label_maps(model, np.zeros((1, 64, 64, 3)), 'lime')
 
 
 def test_referable_rule_matches_grades_on_samples(samples):
@@ -201,7 +206,7 @@ def test_thresholds_and_table_i_of_a_label_that_never_occurs(idrid_lesions, caps
 
 
 def test_tiny_splits_work_or_say_how_many_images_are_needed(idrid_lesions):
-    from drbook.pipeline import prepare_splits
+    from drbook.preprocess import prepare_splits
     splits, _ = prepare_splits(idrid_lesions, '', seed=42)  # 8 images at 70/15/15: 6/1/1 still runs
     assert {k: len(v) for k, v in check_splits(splits).items()} == {'train': 6, 'val': 1, 'test': 1}
     few, _ = prepare_splits(idrid_lesions.iloc[:4], '', seed=42)
@@ -211,16 +216,19 @@ def test_tiny_splits_work_or_say_how_many_images_are_needed(idrid_lesions):
 
 
 @pytest.mark.slow
-def test_lesion_model_trains_on_idrid_without_healthy(idrid_lesions, tmp_path):
+def test_lesion_model_trains_on_idrid_without_healthy(idrid_lesions, tmp_path, monkeypatch):
     "The chapter's training path on the real lesion-only table: preprocessing, splits, inverse-frequency weights, a finite loss."
-    from drbook.pipeline import prepare_splits, make_datasets
+    from drbook.preprocess import prepare_splits
     from drbook.preprocess import label_pos_weights
-    from drbook.train import compile_for, fit
+    monkeypatch.setenv('DRBOOK_CACHE', str(tmp_path))  # the model cache of this test only
     splits, failures = prepare_splits(idrid_lesions, 'graham', 48, seed=42)
     assert not len(failures)
     check_splits(splits)
-    ds = make_datasets(splits, 'multilabel', 48, 4, None, 42)
     with pytest.warns(UserWarning, match='healthy'): pw = label_pos_weights(splits['train'])
-    model = compile_for(lesion_model('scratch', 48), 'multilabel', pos_weight=pw)
-    history = fit(model, ds['train'], ds['val'], tmp_path, 1, task='multilabel', verbose=0)
-    assert np.isfinite(history['loss']).all() and np.isfinite(history['val_loss']).all()
+    settings = dict(image_size=48, recipe='graham', augment='', batch_size=4, epochs=1, pos_weight=pw, seed=42)
+    [trained] = train_lesion_model(splits, **settings)
+    assert not trained.reused and np.isfinite(trained.history['loss']).all() and np.isfinite(trained.history['val_loss']).all()
+    assert trained.folder.parent == tmp_path/'models' and trained.meta['config']['pos_weight']['healthy'] == 1.0
+    again = train_lesion_model(splits, **settings)[-1]  # the same settings: the same keyed folder, not trained again
+    assert again.reused and again.folder == trained.folder
+    assert train_lesion_model(splits, **{**settings, 'learning_rate': 1e-3})[-1].folder != trained.folder
