@@ -49,7 +49,7 @@ def _parser()->argparse.ArgumentParser:
     q.add_argument('images', nargs='+', help='image files and folders (searched recursively)')
     q.add_argument('--out', required=True, help='output folder (never inside an input folder)')
     q.add_argument('--tta', action='store_true', help='average the scores over the image and its three flips')
-    q.add_argument('--cam', default='gradcam', help='heatmap: gradcam (default), gradcam++, guided or none')
+    q.add_argument('--cam', default='gradcam', help='heatmap: gradcam (default), gradcam++, layercam, scorecam, guided_gradcam, guided_backprop or none')
     q.add_argument('--batch-size', type=int, default=32, help='images per batch (default: 32)')
     q.add_argument('--recipe', help="preprocessing recipe when the model has no model.json (a preset such as 'graham', or 'none')")
     q.add_argument('--image-size', type=int, help='image side in pixels when the model has no model.json')

@@ -21,11 +21,12 @@ from .pipeline import load_image
 from .registry import resolve_reference
 from .models import load_meta
 from .train import check_model_task, load_model, predict
-from .gradcam import gradcam, gradcam_plus_plus, gradient_image, guided_gradcam, overlay
+from .gradcam import METHODS, cam_method, gradient_image, overlay
 
 # %% auto #0
-__all__ = ['OUTPUTS', 'THUMB', 'CAMS', 'NOTICE', 'find_images', 'check_out', 'model_file', 'model_settings', 'model_input',
-           'read_photo', 'score_columns', 'explained_class', 'heatmap_images', 'predict_folder', 'write_report']
+__all__ = ['OUTPUTS', 'THUMB', 'CAM_ALIASES', 'NOTICE', 'find_images', 'check_out', 'model_file', 'model_settings', 'model_input',
+           'read_photo', 'check_cam', 'score_columns', 'explained_class', 'heatmap_images', 'predict_folder',
+           'write_report']
 
 # %% ../nbs/15_predict.ipynb #48cfb510
 def find_images(inputs, # a file or folder, or a list of them
@@ -109,7 +110,14 @@ def read_photo(path:Path|str, recipe, image_size:int)->tuple:
     return model_input(path, recipe, image_size), _fit_side(read_fundus(path, max_side=THUMB), THUMB)
 
 # %% ../nbs/15_predict.ipynb #61ecb56c
-CAMS = {'gradcam': gradcam, 'gradcam++': gradcam_plus_plus, 'guided': guided_gradcam, 'none': None}  # --cam choices
+CAM_ALIASES = {'guided': 'guided_gradcam'}  # drbook 0.1's --cam names
+
+def check_cam(cam:str # 'none', a name of drbook.gradcam.METHODS, or an alias ('guided')
+             )->str:
+    "The heatmap method `cam` names (a key of drbook.gradcam.METHODS), or 'none'; a ValueError naming the choices."
+    name = CAM_ALIASES.get(cam, cam)
+    if name != 'none' and name not in METHODS: raise ValueError(f"cam={cam!r}: expected 'none' or one of {list(METHODS)}")
+    return name
 
 def score_columns(task:str)->list:
     "The table's score column of each output of `task`: 'grade 0' → 'score_grade_0', 'grade > 1' → 'score_grade_gt_1'."
@@ -146,14 +154,14 @@ def _rows(scores, settings:dict)->list:
 def heatmap_images(model:keras.Model, # the model
                    x:np.ndarray, # the batch it graded, uint8 (n, S, S, 3)
                    class_index:np.ndarray, # the output each map explains
-                   cam:str='gradcam', # a key of CAMS
+                   cam:str='gradcam', # 'none' or a key of drbook.gradcam.METHODS (see check_cam)
                    batch_size:int=32, # images per gradient pass
                   )->list:
     "One RGB uint8 picture per image: its heatmap over the image (or the guided gradient image); [] for cam='none'."
-    if cam not in CAMS: raise ValueError(f"cam={cam!r}: expected one of {list(CAMS)}")
-    if CAMS[cam] is None: return []
-    maps = CAMS[cam](model, x.astype(np.float32), class_index=class_index, batch_size=batch_size)
-    pics = gradient_image(maps) if cam == 'guided' else np.stack([overlay(i, m) for i, m in zip(x, maps)])
+    cam = check_cam(cam)
+    if cam == 'none': return []
+    maps = cam_method(cam, 'cam')(model, x.astype(np.float32), class_index=class_index, batch_size=batch_size)
+    pics = gradient_image(maps) if cam.startswith('guided') else np.stack([overlay(i, m) for i, m in zip(x, maps)])
     return list((np.clip(pics, 0, 1) * 255).round().astype(np.uint8))
 
 # %% ../nbs/15_predict.ipynb #0a0fbd22
@@ -186,7 +194,7 @@ def predict_folder(model, # '@NN/name', a model folder, a `.keras` file (model.j
                    images, # a file or folder of photographs (folders searched recursively), or a list of them
                    out:Path|str, # output folder: predictions.csv, report.html, report_files/ (never inside an input folder)
                    tta:bool=False, # average the scores over the image and its three flips
-                   cam:str='gradcam', # heatmap: 'gradcam', 'gradcam++', 'guided' or 'none'
+                   cam:str='gradcam', # heatmap: 'none' or a key of drbook.gradcam.METHODS ('gradcam', 'gradcam++', 'guided_gradcam', …)
                    batch_size:int=32, # images per batch
                    recipe=None, # override (or, without model.json, give) the recipe; 'none': only resize
                    image_size:int|None=None, # override (or give) the image size
@@ -194,7 +202,7 @@ def predict_folder(model, # '@NN/name', a model folder, a `.keras` file (model.j
                    task:str|None=None, # the task, for a model without model.json
                   )->pd.DataFrame:
     "Grade every photograph, write `predictions.csv` and `report.html` in `out`, and return the table (failures in `error`)."
-    if cam not in CAMS: raise ValueError(f"cam={cam!r}: expected one of {list(CAMS)}")
+    cam = check_cam(cam)
     if batch_size < 1: raise ValueError(f"batch_size must be at least 1; got {batch_size}")
     files, out = find_images(images), check_out(out, images)  # a missing input is named first
     model, settings = model_settings(model, recipe, image_size, task)

@@ -42,7 +42,7 @@ def _builders(images, every:bool=True):
     from drbook.transfer import build_model, calibrate_batchnorm
     from drbook.finetune import set_trainable
     from drbook.ensemble import MemberSpec, build_member
-    from drbook.lesions import lesion_model
+    from drbook.lesion_model import lesion_model
     from drbook.tasks import TASKS
     def mobilenet(task, head, **kw):  # random weights: BatchNormalization set to the images' statistics, so features are not dead
         return calibrate_batchnorm(build_model('MobileNetV2', task, 32, head=head, weights=None, **kw), images(32))

@@ -163,3 +163,12 @@ def test_model_by_folder_and_by_reference(model_file, photos, tmp_path, monkeypa
     assert by_folder['recipe'].name == RECIPE and by_folder['image_size'] == SIZE and by_folder['metadata']
     with pytest.raises(LookupError, match='sample'): model_settings('@07/absent')
     with pytest.raises(FileNotFoundError, match='no model at'): model_settings(tmp_path/'nowhere')
+
+
+def test_heatmap_methods_are_gradcams_vocabulary():
+    "drbook predict's --cam takes the names of drbook.gradcam.METHODS (and drbook 0.1's 'guided'), or 'none'."
+    from drbook.gradcam import METHODS
+    from drbook.predict import check_cam
+    assert [check_cam(m) for m in METHODS] == list(METHODS)
+    assert (check_cam('guided'), check_cam('none')) == ('guided_gradcam', 'none')
+    with pytest.raises(ValueError, match=r"cam='heat': expected 'none' or one of \['gradcam'"): check_cam('heat')
