@@ -14,12 +14,11 @@ from .tasks import (DEFAULT_CUTPOINTS, as_float, check_task, check_length, check
                           check_cutpoints, check_thresholds, scores_to_grades, class_scores, referable_score)
 
 # %% auto #0
-__all__ = ['GRADE_LABELS', 'THRESHOLDS_FILE', 'RESULT_COLUMNS', 'check_grades', 'check_pair', 'accuracy', 'qwk',
-           'confusion_matrix', 'classification_report', 'plot_confusion', 'per_class_auc', 'bootstrap_confusions',
-           'one_vs_rest', 'rates', 'sensitivity_specificity', 'paired_bootstrap', 'compare_with',
-           'share_matched_cutpoints', 'fit_cutpoints', 'check_labels', 'fit_label_thresholds', 'save_thresholds',
-           'load_thresholds', 'multilabel_metrics', 'evaluate', 'results_table', 'plot_roc', 'history_frame',
-           'plot_history']
+__all__ = ['GRADE_LABELS', 'RESULT_COLUMNS', 'check_grades', 'check_pair', 'accuracy', 'qwk', 'confusion_matrix',
+           'classification_report', 'plot_confusion', 'per_class_auc', 'bootstrap_confusions', 'one_vs_rest', 'rates',
+           'sensitivity_specificity', 'paired_bootstrap', 'compare_with', 'share_matched_cutpoints', 'fit_cutpoints',
+           'check_labels', 'fit_label_thresholds', 'multilabel_metrics', 'evaluate', 'results_table', 'plot_roc',
+           'history_frame', 'plot_history']
 
 # %% ../nbs/05_metrics.ipynb #8baca1e1
 def check_grades(y, # ICDR grades 0–4, one per eye (list, array or pandas Series)
@@ -246,46 +245,6 @@ def fit_label_thresholds(y_val, # 0/1 label matrix of the validation split, one 
         if 0 < y[:, j].sum() < len(y): out[j] = _youden_threshold(y[:, j], s[:, j])
         else: warnings.warn(f"label {lab!r}: {'all' if y[:, j].any() else 'no'} validation eyes positive; threshold left at 0.5")
     return out
-
-# %% ../nbs/05_metrics.ipynb #703f4182
-THRESHOLDS_FILE = 'thresholds.json'  # file name used when saving into a model's results folder
-
-def _thresholds_path(path)->Path:
-    "`path` itself when it names a .json file, else `path/thresholds.json`."
-    p = Path(path)
-    return p if p.suffix == '.json' else p / THRESHOLDS_FILE
-
-def save_thresholds(path, # a .json file, or a model's results folder
-                    task:str, # the task the thresholds belong to
-                    cutpoints=None, # regression: the 4 fitted cut-points
-                    thresholds=None, # multilabel: one threshold per label
-                    labels=MULTILABEL, # multilabel: the label names, in column order
-                    **meta, # anything worth keeping with them (e.g. fitted_on='validation', qwk=0.71)
-                   )->Path:
-    "Write fitted thresholds as JSON (atomically) next to a model's results; return the file's path."
-    check_task(task)
-    c = None if cutpoints is None else check_cutpoints(cutpoints).tolist()
-    t = None if thresholds is None else check_thresholds(thresholds, len(labels)).tolist()
-    doc = {'task': task, 'cutpoints': c, 'thresholds': t, 'labels': list(labels) if t is not None else None, 'meta': meta}
-    text = json.dumps(doc, indent=2, default=float)
-    return atomic_write(_thresholds_path(path), lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
-
-# %% ../nbs/05_metrics.ipynb #893a5eb5
-def load_thresholds(path, # a .json file written by save_thresholds, or the folder holding thresholds.json
-                   )->dict:
-    "Fitted thresholds as saved: `task`, `cutpoints`, `thresholds` (arrays or None), `labels` and `meta`."
-    p = _thresholds_path(path)
-    if not p.exists(): raise FileNotFoundError(f"no fitted thresholds at {p}")
-    try: doc = json.loads(p.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or 'task' not in doc: raise ValueError(f"{p}: not a thresholds file (no 'task')")
-    try:
-        check_task(doc['task'])
-        c = None if doc.get('cutpoints') is None else check_cutpoints(doc['cutpoints'])
-        labels = doc.get('labels') or list(MULTILABEL)
-        t = None if doc.get('thresholds') is None else check_thresholds(doc['thresholds'], len(labels))
-    except ValueError as e: raise ValueError(f"{p}: {e}") from None
-    return {'task': doc['task'], 'cutpoints': c, 'thresholds': t, 'labels': labels, 'meta': doc.get('meta', {})}
 
 # %% ../nbs/05_metrics.ipynb #7f59ab65
 def multilabel_metrics(y_true, # 0/1 label matrix, one column per label

@@ -215,33 +215,6 @@ def test_label_threshold_for_a_one_class_label_stays_at_half_with_a_warning():
         thr = M.fit_label_thresholds(y, rng.random((50, 5)))
     assert thr[2] == 0.5
 
-def test_thresholds_save_load_round_trip(tmp_path):
-    cut = np.array([0.61, 1.13, 1.87, 2.34])
-    p = M.save_thresholds(tmp_path / 'model_a', 'regression', cutpoints=cut, fitted_on='validation', qwk=0.8)
-    assert p == tmp_path / 'model_a' / M.THRESHOLDS_FILE
-    back = M.load_thresholds(tmp_path / 'model_a')
-    assert back['task'] == 'regression' and back['thresholds'] is None and back['meta'] == {'fitted_on': 'validation', 'qwk': 0.8}
-    np.testing.assert_array_equal(back['cutpoints'], cut)
-    x = np.random.default_rng(0).uniform(0, 4, 100)
-    np.testing.assert_array_equal(M.scores_to_grades(x, back['task'], back['cutpoints']), M.scores_to_grades(x, 'regression', cut))
-    thr = np.array([0.2, 0.35, 0.5, 0.61, 0.44])
-    q = M.save_thresholds(tmp_path / 'lesions.json', 'multilabel', thresholds=thr)
-    back = M.load_thresholds(q)
-    np.testing.assert_array_equal(back['thresholds'], thr); assert back['labels'] == list(MULTILABEL)
-    assert sorted(f.name for f in tmp_path.rglob('*') if f.is_file()) == ['lesions.json', 'thresholds.json']  # no temporary files left
-
-def test_thresholds_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match='no fitted thresholds'): M.load_thresholds(tmp_path)
-    (tmp_path / 'a.json').write_text('{not json')
-    with pytest.raises(ValueError, match=r'a\.json: not valid JSON'): M.load_thresholds(tmp_path / 'a.json')
-    (tmp_path / 'b.json').write_text(json.dumps({'task': 'regression', 'cutpoints': [0.5, 1.5, 2.5]}))
-    with pytest.raises(ValueError, match=r'b\.json: cutpoints must be 4 numbers'): M.load_thresholds(tmp_path / 'b.json')
-    (tmp_path / 'c.json').write_text(json.dumps({'task': 'softmax'}))
-    with pytest.raises(ValueError, match=r"c\.json: unknown task 'softmax'"): M.load_thresholds(tmp_path / 'c.json')
-    with pytest.raises(ValueError, match='cutpoints must be sorted'):
-        M.save_thresholds(tmp_path / 'd.json', 'regression', cutpoints=[2, 1, 3, 4])
-    assert not (tmp_path / 'd.json').exists()
-
 # --- bad input -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('call,message', [

@@ -72,3 +72,43 @@ def test_reference_resolves_in_the_run_then_an_earlier_run(tmp_path, monkeypatch
     assert registry.resolve_reference('@08/old', run=current) == (old/'models'/'old').resolve()
     with pytest.raises(LookupError, match='it published: 08/old'): registry.resolve_reference('@08/other', run=current)
     assert registry.find_run('08', 'idrid-mini') == other
+
+
+@pytest.mark.slow  # chapters 08 and 12 in kernels: about two minutes
+def test_a_profile_hands_the_model_08_trained_to_12(tmp_path, monkeypatch):
+    "12_gradcam with model '@08/<name>' explains the very model 08 trained in that run; 12 trains nothing of its own."
+    from drbook.reproduce import reproduce
+    name = '08/MobileNetV2_035-s1-adam'
+    prof = {'name': 'handover', 'notebooks': ['08_transfer_learning', '12_gradcam'],
+            'parameters': {'08_transfer_learning': {'heads': 's1', 'optimizers': 'adam', 'baseline': '', 'epochs': 2},
+                           '12_gradcam': {'model': f'@{name}'}}}
+    s = reproduce(prof, runs_root=tmp_path/'runs', log=lambda *a: None, progress=False)
+    assert [n['status'] for n in s['notebooks']] == ['ok', 'ok'], [(n['notebook'], n['error']) for n in s['notebooks']]
+    run = Path(s['run_dir'])
+    entry = registry.read_index(run)[name]
+    assert s['records']['12_gradcam']['model_key'] == entry['key']  # 12 explained the model 08 published, by its key
+    assert not list((run/'models').glob('quick-grader-*'))  # and trained no model of its own
+    executed = json.loads((run/'notebooks'/'12_gradcam.ipynb').read_text())
+    params = next(c for c in executed['cells'] if 'injected-parameters' in c['metadata'].get('tags', []))
+    assert entry['folder'] in ''.join(params['source'])  # the runner passed 08's folder
+
+
+def test_fitted_cutpoints_and_thresholds_live_in_model_json(tmp_path):
+    "Cut-points and thresholds saved with the model come back unchanged and decode grades as the originals; bad files are named."
+    from drbook.models import load_meta, save_meta
+    from drbook.tasks import scores_to_grades
+    cut = np.array([0.61, 1.13, 1.87, 2.34])
+    save_meta(tmp_path/'reg', 'regression', 64, cutpoints=cut, fitted_on='validation')
+    back = load_meta(tmp_path/'reg')
+    x = np.random.default_rng(0).uniform(0, 4, 100)
+    np.testing.assert_array_equal(scores_to_grades(x, 'regression', back['cutpoints']), scores_to_grades(x, 'regression', cut))
+    thr = np.array([0.2, 0.35, 0.5, 0.61, 0.44])
+    save_meta(tmp_path/'les', 'multilabel', 64, thresholds=thr)
+    np.testing.assert_array_equal(load_meta(tmp_path/'les')['thresholds'], thr)
+    assert sorted(p.name for p in tmp_path.rglob('*') if p.is_file()) == ['model.json', 'model.json']  # no temporary files
+    with pytest.raises(ValueError, match='cutpoints must be sorted'): save_meta(tmp_path/'bad', 'regression', 64, cutpoints=[2, 1, 3, 4])
+    assert not (tmp_path/'bad'/'model.json').exists()
+    (tmp_path/'reg'/'model.json').write_text('{not json')
+    with pytest.raises(ValueError, match=r'model\.json: not valid JSON'): load_meta(tmp_path/'reg')
+    (tmp_path/'reg'/'model.json').write_text(json.dumps({'task': 'softmax', 'image_size': 64}))
+    with pytest.raises(ValueError, match="unknown task 'softmax'"): load_meta(tmp_path/'reg')
