@@ -1,17 +1,11 @@
 """The runner and model references: '@08/name' checked before any work, resolved just before the asking notebook starts."""
 import json
 from pathlib import Path
-import nbformat
 import pytest
 from drbook.profiles import as_profile
 from drbook.reproduce import reproduce
+from test_reproduce import tiny_nb  # one way to write a test notebook
 
-def tiny_nb(path, *sources, params=None):
-    nb = nbformat.v4.new_notebook()
-    if params: nb.cells.append(nbformat.v4.new_code_cell(params, metadata={'tags': ['parameters']}))
-    nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
-    nb.metadata['kernelspec'] = {'name': 'python3', 'language': 'python', 'display_name': 'Python 3'}
-    nbformat.write(nb, path)
 
 PUBLISH = ("import os\nfrom pathlib import Path\nfrom drbook import registry\n"
            "for name in ('InceptionV3-s1-adam', 'VGG16-s1-adam'):\n"
