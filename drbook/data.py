@@ -8,13 +8,14 @@ import csv, hashlib, os, re
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import LESIONS, atomic_write, samples_dir
+from .core import LESIONS, PROJECT_ROOT, atomic_write, samples_dir
 
 # %% auto #0
 __all__ = ['TABLE_COLUMNS', 'SOURCES', 'VALUE_RANGES', 'EYES', 'ERRORS', 'REPORT_COLUMNS', 'IMAGE_EXTS', 'IDRID_LESION_FOLDERS',
-           'MANIFEST', 'rows_error', 'conform_table', 'save_table', 'load_table', 'read_samples', 'check_errors',
-           'problem_report', 'read_aptos', 'read_eyepacs', 'read_idrid_grading', 'read_idrid_segmentation', 'read_mask',
-           'read_messidor', 'read_folder', 'sha256_file', 'read_manifest']
+           'MANIFEST', 'IDRID_SAMPLE', 'rows_error', 'conform_table', 'save_table', 'load_table', 'read_samples',
+           'check_errors', 'problem_report', 'read_aptos', 'read_eyepacs', 'read_idrid_grading',
+           'read_idrid_segmentation', 'read_mask', 'read_messidor', 'read_folder', 'sha256_file', 'read_manifest',
+           'idrid_subset_dir', 'default_idrid_root']
 
 # %% ../nbs/01_data.ipynb #465b661b
 TABLE_COLUMNS = {  # column: (pandas dtype, meaning), in table order
@@ -457,3 +458,19 @@ def read_manifest(path:Path|str, # a MANIFEST.sha256 file, or the folder holding
         if not m: raise ValueError(f"{path}: line {n} is not '<sha256>  <file>': {line[:80]!r}")
         listed[m[2]] = m[1].lower()
     return listed
+
+# %% ../nbs/01_data.ipynb #a1d2c3e4
+IDRID_SAMPLE = PROJECT_ROOT/'data_samples'/'idrid'  # the downscaled IDRiD sample shipped with drbook (CC BY 4.0)
+
+def idrid_subset_dir()->Path:
+    "Where the full-resolution IDRiD subset is looked for: `$DRBOOK_IDRID_MINI`, else ../shared/datasets/idrid_mini."
+    return Path(os.environ.get('DRBOOK_IDRID_MINI') or PROJECT_ROOT.parent/'shared'/'datasets'/'idrid_mini').expanduser()
+
+def default_idrid_root()->Path:
+    "IDRiD's real photographs: the full-resolution subset when present, else the sample shipped in data_samples/idrid."
+    full = idrid_subset_dir()
+    if (full/'B. Disease Grading').is_dir(): return full
+    if not (IDRID_SAMPLE/'B. Disease Grading').is_dir():
+        raise FileNotFoundError(f"no IDRiD photographs: neither the subset at {full} nor the sample at {IDRID_SAMPLE} "
+                                "(rebuild the sample with tools/make_idrid_sample.py, or set DRBOOK_IDRID_MINI)")
+    return IDRID_SAMPLE
