@@ -86,8 +86,10 @@ DATASET_READERS = {'aptos2019': 'read_aptos', 'eyepacs2015': 'read_eyepacs', 'id
 
 def dataset_root(spec:dict # a profile's dataset entry: reader, root, layout, options
                 )->Path:
-    "The dataset's folder: `{data_dir}` is `drbook.core.data_dir()`, `~` and `$VARS` are expanded, a relative path starts at the project root."
-    p = Path(os.path.expandvars(str(spec['root']).replace('{data_dir}', str(data_dir())))).expanduser()
+    "The dataset's folder: `{data_dir}` and `{idrid_mini}` replaced (see above), `~` and `$VARS` expanded, a relative path from the project root."
+    root = str(spec['root']).replace('{data_dir}', str(data_dir()))
+    if '{idrid_mini}' in root: root = root.replace('{idrid_mini}', str(data.default_idrid_root()))
+    p = Path(os.path.expandvars(root)).expanduser()
     return p if p.is_absolute() else (PROJECT_ROOT/p).resolve()
 
 def read_dataset(name:str, # the dataset's name in the profile
