@@ -56,7 +56,7 @@ def lesion_mask(row:dict, # a canonical table row (image_path, mask_MA, …)
     return square_crop(union, fov_box(photo)) if crop else union
 
 # %% ../nbs/12a_cam_checks.ipynb #ee2ea2f9
-def lesion_masks(table:pd.DataFrame, # canonical table rows, e.g. a split from drbook.preprocess.prepare_splits
+def lesion_masks(table:pd.DataFrame, # canonical table rows, e.g. a split from drbook.splits.prepare_splits
                  size, # side (or (H, W)) of the maps the masks are compared with
                  recipe='', # the preprocessing recipe of the images ('' = none); a first 'crop' step is followed
                  lesions:tuple=tuple(LESIONS), # lesion types joined into one mask (a grading model: all four)

@@ -16,7 +16,7 @@ from .core import N_GRADES, atomic_write, seed_everything
 from .tasks import (TASKS, check_scores, check_task, class_scores, output_layer, scores_to_grades, table_grades)
 from .metrics import check_pair, confusion_matrix
 from .registry import parse_reference, table_fingerprint
-from .preprocess import prepare_splits
+from .splits import prepare_splits
 from .pipeline import make_dataset
 from .scratch import build_scratch_cnn
 from .transfer import build_model, calibrate_batchnorm, resolve_weights
@@ -61,7 +61,7 @@ def member_recalls(y_true, # true grades
     return np.diagonal(cms, axis1=1, axis2=2) / np.maximum(cms.sum(2), 1)
 
 def recall_weights(recalls, # (members, 5) validation recall of each grade per member
-                   class_weight, # the 5 static class weights: a list, or {grade: weight} (drbook.preprocess.class_weights)
+                   class_weight, # the 5 static class weights: a list, or {grade: weight} (drbook.splits.class_weights)
                   )->np.ndarray:
     "S3's second averaging weights: Σ over grades of class weight × the member's recall, normalised to sum 1."
     w = np.asarray([class_weight[g] for g in range(N_GRADES)] if isinstance(class_weight, dict) else class_weight, float)
@@ -155,7 +155,7 @@ def save_member_scores(folder:Path|str, # where the member's files go (one folde
                        name:str, # the member's name: letters, digits, _ or -
                        task:str, # the member's task (a grading task of drbook.tasks.TASKS)
                        scores:dict, # {split: outputs}, e.g. {'val': …, 'test': …}, rows in the order of `splits[split]`
-                       splits:dict, # {split: table}: every split of the data, from drbook.preprocess.prepare_splits
+                       splits:dict, # {split: table}: every split of the data, from drbook.splits.prepare_splits
                        info:dict|None=None, # anything else to keep (e.g. the settings of its training run)
                       )->Path:
     "Save a member's outputs as `name.<split>.npy` and its manifest `name.json`, atomically; return the manifest's path."

@@ -28,7 +28,7 @@ def lesion_model(backbone:str='scratch', # 'scratch' (chapter 07's sample CNN) o
         return keras.Model(base.input, conv_head(base.get_layer(cut).output, 'multilabel'), name='scratch_s4_conv')
 
 # %% ../nbs/lesion_model.ipynb #a7c4e1d2
-def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.preprocess.prepare_splits
+def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.splits.prepare_splits
                        backbone:str='scratch', # as for `lesion_model`
                        image_size:int=96, # input side in pixels
                        recipe:str='graham', # the recipe the tables were preprocessed with
@@ -38,7 +38,7 @@ def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.
                        head_epochs:int=5, # a backbone only: epochs of S4's first stage (head on the frozen backbone)
                        learning_rate:float=3e-3, # 'scratch' only: Adam's learning rate (a backbone follows S4's schedule)
                        weights=None, # a backbone's initial weights: 'imagenet', a file, or None (random)
-                       pos_weight:dict|None=None, # {label: positive weight} (drbook.preprocess.label_pos_weights)
+                       pos_weight:dict|None=None, # {label: positive weight} (drbook.splits.label_pos_weights)
                        seed:int=42, # seed of the initial weights and the augmentation
                        datasets:tuple|None=None, # (train_ds, val_ds); None: made from the tables
                        verbose=0, # Keras progress output

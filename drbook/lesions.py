@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from .core import LESIONS, LESION_COLOURS, MULTILABEL
 from .tasks import lesion_labels
 from .metrics import fit_label_thresholds, multilabel_metrics
-from .preprocess import split_table
+from .splits import split_table
 from .gradcam import cam_method, normalise_maps
 from .cam_checks import lesion_masks, localisation_table, mask_iou, baseline_maps, check_maps
 
@@ -80,7 +80,7 @@ def label_notes(labels, # 0/1 labels (n, L): a label_frame, or a matrix in `name
             f"{k!r} is on every one of the {what}: no negative example (its specificity and AUC cannot be measured there)"
             for k, p in f.sum().astype(int).items() if n and p in (0, n)]
 
-def check_splits(splits:dict, # {'train', 'val', 'test'}: tables, from drbook.preprocess.prepare_splits
+def check_splits(splits:dict, # {'train', 'val', 'test'}: tables, from drbook.splits.prepare_splits
                  fractions:tuple=(0.7, 0.15, 0.15), # the shares they were cut with, for the message
                 )->dict:
     "`splits`, checked: each of train, val and test holds an image (training, threshold fitting, testing); else how many images are needed."

@@ -13,7 +13,7 @@ from . import __version__
 from .core import GRADES, N_GRADES, atomic_write, file_lock, seed_everything
 from .preprocess import get_recipe
 from .tasks import check_cutpoints, check_thresholds, get_task
-from .preprocess import load_graded, prepare_splits
+from .splits import load_graded, prepare_splits
 from .pipeline import make_datasets
 from .train import compile_for, fit, load_model
 from .scratch import build_scratch_cnn

@@ -121,7 +121,7 @@ def make_dataset(table:pd.DataFrame, # a canonical table
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 # %% ../nbs/04_pipeline.ipynb #93883aa1
-def make_datasets(splits:dict, # {'train', 'val', 'test'}: tables, from `drbook.preprocess.prepare_splits`
+def make_datasets(splits:dict, # {'train', 'val', 'test'}: tables, from `drbook.splits.prepare_splits`
                   task:str, # a key of drbook.tasks.TASKS
                   image_size:int, # side of the images the model takes
                   batch_size:int=32, # images per batch

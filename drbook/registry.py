@@ -40,7 +40,7 @@ def _size(path)->int:
     try: return os.path.getsize(path)
     except (OSError, TypeError, ValueError): return -1
 
-def table_fingerprint(tables:dict # {split name: canonical table}, e.g. from drbook.preprocess.prepare_splits
+def table_fingerprint(tables:dict # {split name: canonical table}, e.g. from drbook.splits.prepare_splits
                      )->str:
     "A SHA-256 digest of which rows (id, grade, lesion labels, file size) are in which split, in order."
     if not isinstance(tables, dict) or not all(isinstance(t, pd.DataFrame) for t in tables.values()):

@@ -50,7 +50,7 @@ def compile_for(model:keras.Model, # a model ending in `drbook.tasks.output_laye
                 optimizer='adam', # 'adam', 'sgd' (with `momentum`) or a keras optimiser instance
                 learning_rate:float=1e-3, # learning rate of a named optimiser
                 momentum:float=0.9, # momentum of 'sgd'
-                pos_weight=None, # sigmoid outputs: positive weight per output, a list or {label: weight} (preprocess.label_pos_weights)
+                pos_weight=None, # sigmoid outputs: positive weight per output, a list or {label: weight} (splits.label_pos_weights)
                 loss=None, # regression: 'mse' (default), 'huber'/'smooth_l1'; or any keras loss instance
                )->keras.Model:
     "Compile `model` with the loss, optimiser and metrics for `task`, under the distribution strategy it was built in."

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from drbook.preprocess import class_weights
+from drbook.splits import class_weights
 from drbook.ensemble import (MemberSpec, accuracy_weights, aligned_grades, average_to_grades,
                              cv_folds, load_model_scores, majority_vote, member_probabilities, member_recalls,
                              logistic_stacker, parse_members, recall_weights, s3_stacker_model, save_member_scores,
@@ -262,7 +262,7 @@ def test_member_names_from_references_and_folders():
 
 def test_a_referenced_member_scores_the_same_rows_at_its_own_size(tmp_path):
     from types import SimpleNamespace
-    from drbook.preprocess import load_graded, prepare_splits
+    from drbook.splits import load_graded, prepare_splits
     from drbook.scratch import build_scratch_cnn
     table = load_graded('')
     fractions = (0.7, 0.15, 0.15)

@@ -3,7 +3,7 @@ The one place this is tested."""
 import subprocess, sys
 import pytest
 
-LIGHT = ['drbook.core', 'drbook.data', 'drbook.synthetic', 'drbook.preprocess', 'drbook.tasks', 'drbook.metrics']
+LIGHT = ['drbook.core', 'drbook.data', 'drbook.synthetic', 'drbook.preprocess', 'drbook.splits', 'drbook.tasks', 'drbook.metrics']
 
 PROBE = r'''
 import socket, sys, os

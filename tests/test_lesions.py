@@ -180,7 +180,7 @@ def test_idrid_lesion_table_has_no_healthy_and_no_grades_and_says_so(idrid_lesio
 
 
 def test_pos_weight_of_a_label_that_never_occurs_is_neutral(idrid_lesions):
-    from drbook.preprocess import label_pos_weights
+    from drbook.splits import label_pos_weights
     from drbook.tasks import loss_for
     with pytest.warns(UserWarning, match=r"\['healthy'\] never occur in the 8 rows: positive weight 1.0"):
         w = label_pos_weights(idrid_lesions)
@@ -206,7 +206,7 @@ def test_thresholds_and_table_i_of_a_label_that_never_occurs(idrid_lesions, caps
 
 
 def test_tiny_splits_work_or_say_how_many_images_are_needed(idrid_lesions):
-    from drbook.preprocess import prepare_splits
+    from drbook.splits import prepare_splits
     splits, _ = prepare_splits(idrid_lesions, '', seed=42)  # 8 images at 70/15/15: 6/1/1 still runs
     assert {k: len(v) for k, v in check_splits(splits).items()} == {'train': 6, 'val': 1, 'test': 1}
     few, _ = prepare_splits(idrid_lesions.iloc[:4], '', seed=42)
@@ -218,8 +218,8 @@ def test_tiny_splits_work_or_say_how_many_images_are_needed(idrid_lesions):
 @pytest.mark.slow
 def test_lesion_model_trains_on_idrid_without_healthy(idrid_lesions, tmp_path, monkeypatch):
     "The chapter's training path on the real lesion-only table: preprocessing, splits, inverse-frequency weights, a finite loss."
-    from drbook.preprocess import prepare_splits
-    from drbook.preprocess import label_pos_weights
+    from drbook.splits import prepare_splits
+    from drbook.splits import label_pos_weights
     monkeypatch.setenv('DRBOOK_CACHE', str(tmp_path))  # the model cache of this test only
     splits, failures = prepare_splits(idrid_lesions, 'graham', 48, seed=42)
     assert not len(failures)
