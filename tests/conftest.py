@@ -1,14 +1,13 @@
 """Shared pytest fixtures: where the real IDRiD subset is, skipping with a reason when it is absent."""
-import os
-from pathlib import Path
 import pytest
+from drbook.data import idrid_subset_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-IDRID_MINI = Path(os.environ.get('DRBOOK_IDRID_MINI', ROOT.parent/'shared'/'datasets'/'idrid_mini'))
+IDRID_MINI = idrid_subset_dir()  # $DRBOOK_IDRID_MINI, else ../shared/datasets/idrid_mini
 
 @pytest.fixture(scope='session')
-def idrid_root() -> Path:
-    "The real IDRiD test subset (../shared/datasets/idrid_mini, or DRBOOK_IDRID_MINI)."
+def idrid_root():
+    "The real IDRiD test subset at full resolution (../shared/datasets/idrid_mini, or DRBOOK_IDRID_MINI)."
     if not (IDRID_MINI/'B. Disease Grading').is_dir():
-        pytest.skip(f'real IDRiD subset not found at {IDRID_MINI} (set DRBOOK_IDRID_MINI to its folder)')
+        pytest.skip(f'real IDRiD subset (full resolution) not found at {IDRID_MINI} (set DRBOOK_IDRID_MINI to its folder; '
+                    'the downscaled sample in data_samples/idrid is tested without it)')
     return IDRID_MINI

@@ -476,3 +476,62 @@ def test_table_paths_may_start_with_home(tmp_path, monkeypatch):
     t = conform_table(pd.DataFrame({'image_path': [str(tmp_path/'data'/'a.png')], 'image_id': ['a'], 'grade': [2]}), source='folder')
     assert save_table(t, '~/data/table.csv') == tmp_path/'data'/'table.csv'
     assert load_table('~/data/table.csv')['image_path'].tolist() == [str(tmp_path/'data'/'a.png')]
+
+# ---------------------------------------------------------------- the IDRiD sample shipped in data_samples/idrid
+
+SAMPLE = data.IDRID_SAMPLE
+
+def test_the_shipped_idrid_sample_reads_through_the_readers():
+    t = read_idrid_grading(SAMPLE)
+    per_grade = t.groupby(['split', 'grade']).size().unstack('grade')
+    assert per_grade.loc['train'].tolist() == [2] * 5 and per_grade.loc['test'].tolist() == [1] * 5
+    for split, name in [('train', IDRID_TRAIN_CSV), ('test', IDRID_TEST_CSV)]:
+        part = t[t['split'] == split]
+        assert {r.image_id: (r.grade, r.dme_risk) for r in part.itertuples()} == _csv_grades(SAMPLE/'B. Disease Grading'/'2. Groundtruths'/name)
+    header = (SAMPLE/'B. Disease Grading'/'2. Groundtruths'/IDRID_TRAIN_CSV).read_text().splitlines()[0]
+    assert header.startswith('Image name,Retinopathy grade,Risk of macular edema ,')  # IDRiD's quirks kept
+    for p in t['image_path']:
+        with Image.open(p) as im: assert im.format == 'JPEG' and max(im.size) == 800, p
+
+def test_the_shipped_idrid_sample_has_aligned_masks_for_its_segmentation_photographs():
+    t = read_idrid_segmentation(SAMPLE)
+    assert t['image_id'].tolist() == ['IDRiD_01', 'IDRiD_02', 'IDRiD_03', 'IDRiD_04', 'IDRiD_55', 'IDRiD_56', 'IDRiD_57', 'IDRiD_58']
+    counts = t.groupby('split')[['has_MA', 'has_HE', 'has_EX', 'has_SE']].sum()
+    assert counts.loc['train'].tolist() == [4, 4, 4, 1] and counts.loc['test'].tolist() == [4, 4, 4, 2]  # as the full subset
+    for r in t.itertuples():
+        with Image.open(r.image_path) as im: width, height = im.size
+        assert max(width, height) == 800
+        for c in ['MA', 'HE', 'EX', 'SE']:
+            assert pd.notna(getattr(r, f'mask_{c}')) == getattr(r, f'has_{c}')
+            if getattr(r, f'has_{c}'):
+                m = read_mask(getattr(r, f'mask_{c}'))
+                assert m.shape == (height, width) and 0 < m.sum() < 0.2 * m.size, (r.image_id, c)
+
+def test_the_shipped_idrid_sample_carries_its_licence_and_stays_small():
+    readme = (SAMPLE/'README.txt').read_text()
+    for needed in ['Creative Commons Attribution 4.0', 'Porwal', 'Data 3(3):25, 2018', 'Selection:', 'Downscaling:', 'Re-encoding:']:
+        assert needed in readme, needed
+    assert 'Creative Commons Attribution 4.0' in (SAMPLE/'LICENSE.txt').read_text()
+    assert 'Attribution 4.0 International' in (SAMPLE/'CC-BY-4.0.txt').read_text()
+    listed = data.read_manifest(SAMPLE)
+    files = {p.relative_to(SAMPLE).as_posix(): p for p in SAMPLE.rglob('*') if p.is_file() and p.name != data.MANIFEST}
+    assert set(listed) == set(files) and all(data.sha256_file(p) == listed[f] for f, p in files.items())
+    blocks = lambda folder: sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob('*') if p.is_file())  # du's 4 KiB blocks
+    assert blocks(SAMPLE) < 2 * 2**20 and blocks(SAMPLE.parent) < 15 * 2**20, (blocks(SAMPLE), blocks(SAMPLE.parent))
+
+def test_the_default_idrid_root_is_the_subset_when_present_else_the_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv('DRBOOK_IDRID_MINI', str(tmp_path/'absent'))
+    assert data.default_idrid_root() == SAMPLE
+    (tmp_path/'idrid'/'B. Disease Grading').mkdir(parents=True)
+    monkeypatch.setenv('DRBOOK_IDRID_MINI', str(tmp_path/'idrid'))
+    assert data.default_idrid_root() == tmp_path/'idrid'
+
+@pytest.mark.slow  # downscales 23 full-resolution photographs: about 30 s
+def test_the_idrid_sample_is_remade_byte_for_byte_from_the_subset(idrid_root, tmp_path):
+    spec = importlib.util.spec_from_file_location('make_idrid_sample', Path(__file__).resolve().parent.parent/'tools'/'make_idrid_sample.py')
+    tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+    out = tool.make_sample(idrid_root, tmp_path/'idrid')
+    assert (out/data.MANIFEST).read_text() == (SAMPLE/data.MANIFEST).read_text()
+    kept = (out/'B. Disease Grading'/'2. Groundtruths'/IDRID_TRAIN_CSV).read_bytes().splitlines(keepends=True)
+    assert set(kept) <= set((idrid_root/'B. Disease Grading'/'2. Groundtruths'/IDRID_TRAIN_CSV).read_bytes().splitlines(keepends=True))
+    with pytest.raises(FileExistsError, match='left alone'): tool.make_sample(idrid_root, tmp_path)  # not a sample folder

@@ -80,8 +80,8 @@ a small, downscaled selection shipped with drbook so that every user has real ph
 
 Licence and attribution
 -----------------------
-IDRiD dataset (c) by Prasanna Porwal, Samiksha Pachade and Manesh Kokare, licensed under the Creative Commons
-Attribution 4.0 International License (LICENSE.txt here; full text in CC-BY-4.0.txt, or
+IDRiD dataset (c) by Prasanna Porwal, Samiksha Pachade and Manesh Kokare, licensed under the
+Creative Commons Attribution 4.0 International License (LICENSE.txt here; full text in CC-BY-4.0.txt, or
 http://creativecommons.org/licenses/by/4.0/). This folder is an adapted copy, under the same licence.
 
 Cite: P. Porwal, S. Pachade, R. Kamble, M. Kokare, G. Deshmukh, V. Sahasrabuddhe, F. Meriaudeau,
