@@ -165,12 +165,13 @@ def imap_chunked(fn, # a function of one item: module-level, or defined in a not
 # %% ../nbs/00_core.ipynb #44899c51
 def seed_everything(seed:int=42 # the seed for Python, NumPy and (if loaded) TensorFlow/Keras
                    )->int:
-    "Seed Python's `random`, NumPy and, when TensorFlow is imported, Keras/TensorFlow; return the seed."
+    "Seed Python's `random`, NumPy and, when TensorFlow is imported, Keras/TensorFlow (with op determinism); return the seed."
     os.environ['PYTHONHASHSEED'] = str(seed)
     random.seed(seed); np.random.seed(seed)
-    if 'tensorflow' in sys.modules or 'keras' in sys.modules:
-        import keras
+    if 'tensorflow' in sys.modules or 'keras' in sys.modules:  # core itself never imports TensorFlow
+        import keras, tensorflow as tf
         keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()  # the same run twice gives the same numbers on this machine
     return seed
 
 # %% ../nbs/00_core.ipynb #e3edce80

@@ -112,3 +112,19 @@ def test_fitted_cutpoints_and_thresholds_live_in_model_json(tmp_path):
     with pytest.raises(ValueError, match=r'model\.json: not valid JSON'): load_meta(tmp_path/'reg')
     (tmp_path/'reg'/'model.json').write_text(json.dumps({'task': 'softmax', 'image_size': 64}))
     with pytest.raises(ValueError, match="unknown task 'softmax'"): load_meta(tmp_path/'reg')
+
+
+@pytest.mark.slow  # chapter 07 twice in kernels: about a minute
+def test_two_runs_of_chapter_07_record_the_same_numbers(tmp_path, monkeypatch):
+    "Seeded Keras and TensorFlow with op determinism: two runs of 07 train the same weights and record identical results."
+    from drbook.core import latest_records
+    table = load_table(samples_dir()/'samples.csv')
+    a = save_table(table[np.arange(len(table)) % 5 != 0], tmp_path/'a'/'table.csv')
+    records = []
+    for i in range(2):
+        run = tmp_path/f'run{i}'; run.mkdir()
+        monkeypatch.setenv('DRBOOK_RUN_DIR', str(run)); monkeypatch.setenv('DRBOOK_NOTEBOOK', '07_scratch_cnn')
+        _run_07(tmp_path, a, f'det{i}')
+        records.append({n: v for (nb, n), v in latest_records(run).items() if nb == '07_scratch_cnn'})
+    assert records[0] == records[1]
+    assert {'test_qwk_sample', 'results', 'epochs_sample'} <= set(records[0])
