@@ -10,14 +10,14 @@ is fixed below (PER_GRADE, LONG_SIDE, JPEG_QUALITY) and written into the sample'
 deterministic: the same source and the same Pillow give the same bytes (MANIFEST.sha256 lists them).
 """
 from __future__ import annotations
-import argparse, os, shutil, sys
+import argparse, os, shutil, sys, textwrap
 from pathlib import Path
 import numpy as np
 from PIL import Image
 from drbook.data import (IDRID_LESION_FOLDERS, IDRID_SAMPLE, MANIFEST, idrid_subset_dir, read_idrid_grading,
                          read_idrid_segmentation, read_mask, sha256_file)
 
-PER_GRADE = {'train': 2, 'test': 1}  # graded photographs kept per ICDR grade and split (the lowest ids)
+PER_GRADE = {'train': 3, 'test': 1}  # graded photographs kept per ICDR grade and split (the lowest ids)
 LONG_SIDE = 800  # longest side of every kept photograph and mask, in pixels
 JPEG_QUALITY = 90  # quality of the re-encoded photographs
 GRADING, SEGMENTATION = 'B. Disease Grading', 'A. Segmentation'
@@ -60,7 +60,8 @@ def grading_part(src:Path, dest:Path)->list:
         for r in rows.itertuples():
             write_photo(Path(r.image_path), dest/GRADING/'1. Original Images'/SPLITS[s]/f'{r.image_id}.jpg')
         cut_csv(src/GRADING/'2. Groundtruths'/CSVS[s], dest/GRADING/'2. Groundtruths'/CSVS[s], list(rows.image_id))
-        notes.append(f"  {SPLITS[s]}: {', '.join(f'{i} (grade {g})' for i, g in zip(rows.image_id, rows.grade))}")
+        kept = ', '.join(f'{i} (grade {g})' for i, g in zip(rows.image_id, rows.grade))
+        notes.append(textwrap.fill(f"{SPLITS[s]}: {kept}", 116, initial_indent='  ', subsequent_indent='    '))
     return notes
 
 def segmentation_part(src:Path, dest:Path)->list:
