@@ -484,14 +484,14 @@ SAMPLE = data.IDRID_SAMPLE
 def test_the_shipped_idrid_sample_reads_through_the_readers():
     t = read_idrid_grading(SAMPLE)
     per_grade = t.groupby(['split', 'grade']).size().unstack('grade')
-    assert per_grade.loc['train'].tolist() == [3] * 5 and per_grade.loc['test'].tolist() == [1] * 5
+    assert per_grade.loc['train'].tolist() == [4] * 5 and per_grade.loc['test'].tolist() == [1] * 5
     for split, name in [('train', IDRID_TRAIN_CSV), ('test', IDRID_TEST_CSV)]:
         part = t[t['split'] == split]
         assert {r.image_id: (r.grade, r.dme_risk) for r in part.itertuples()} == _csv_grades(SAMPLE/'B. Disease Grading'/'2. Groundtruths'/name)
     header = (SAMPLE/'B. Disease Grading'/'2. Groundtruths'/IDRID_TRAIN_CSV).read_text().splitlines()[0]
     assert header.startswith('Image name,Retinopathy grade,Risk of macular edema ,')  # IDRiD's quirks kept
     for p in t['image_path']:
-        with Image.open(p) as im: assert im.format == 'JPEG' and max(im.size) == 800, p
+        with Image.open(p) as im: assert im.format == 'JPEG' and max(im.size) == 720, p
 
 def test_the_shipped_idrid_sample_has_aligned_masks_for_its_segmentation_photographs():
     t = read_idrid_segmentation(SAMPLE)
@@ -500,7 +500,7 @@ def test_the_shipped_idrid_sample_has_aligned_masks_for_its_segmentation_photogr
     assert counts.loc['train'].tolist() == [4, 4, 4, 1] and counts.loc['test'].tolist() == [4, 4, 4, 2]  # as the full subset
     for r in t.itertuples():
         with Image.open(r.image_path) as im: width, height = im.size
-        assert max(width, height) == 800
+        assert max(width, height) == 720
         for c in ['MA', 'HE', 'EX', 'SE']:
             assert pd.notna(getattr(r, f'mask_{c}')) == getattr(r, f'has_{c}')
             if getattr(r, f'has_{c}'):

@@ -17,8 +17,8 @@ from PIL import Image
 from drbook.data import (IDRID_LESION_FOLDERS, IDRID_SAMPLE, MANIFEST, idrid_subset_dir, read_idrid_grading,
                          read_idrid_segmentation, read_mask, sha256_file)
 
-PER_GRADE = {'train': 3, 'test': 1}  # graded photographs kept per ICDR grade and split (the lowest ids)
-LONG_SIDE = 800  # longest side of every kept photograph and mask, in pixels
+PER_GRADE = {'train': 4, 'test': 1}  # graded photographs kept per ICDR grade and split (the lowest ids)
+LONG_SIDE = 720  # longest side of every kept photograph and mask, in pixels
 JPEG_QUALITY = 90  # quality of the re-encoded photographs
 GRADING, SEGMENTATION = 'B. Disease Grading', 'A. Segmentation'
 SPLITS = {'train': 'a. Training Set', 'test': 'b. Testing Set'}
