@@ -11,6 +11,19 @@ from drbook.splits import balance, class_weights, label_pos_weights, load_graded
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_the_splits_have_one_home():
+    "No other drbook module defines or exports a name of drbook.splits (drbook.preprocess held them before)."
+    import ast, drbook.splits
+    mine = set(drbook.splits.__all__)
+    for f in sorted((ROOT/'drbook').glob('*.py')):
+        if f.stem in ('splits', '_modidx'): continue
+        tree = ast.parse(f.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        exported = {ast.literal_eval(e) for n in tree.body if isinstance(n, ast.Assign) and any(getattr(t, 'id', '') == '__all__' for t in n.targets)
+                    for e in n.value.elts}
+        assert not (defined | exported) & mine, (f.name, sorted((defined | exported) & mine))
+
+
 def test_no_tensorflow_import():
     code = 'import sys, drbook.splits; print("tensorflow" in sys.modules)'
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip() == 'False'
