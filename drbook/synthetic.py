@@ -20,7 +20,7 @@ __all__ = ['LESION_TYPES', 'MASK_TYPES', 'SEVERE_HE_PER_QUADRANT', 'SAMPLES', 'N
            'sample_patient', 'sample_geometry', 'fov_mask', 'fov_clearance', 'sample_vessels', 'draw_lesion',
            'sample_lesions', 'haemorrhages_per_quadrant', 'icdr_grade', 'dme_risk', 'Realism', 'sample_camera',
            'apply_camera', 'sample_scene', 'render_scene', 'make_fundus', 'overlay_masks', 'sample_cohort',
-           'write_sample', 'write_manifest', 'check_manifest', 'build_samples', 'main']
+           'write_sample', 'dataset_files', 'write_manifest', 'check_manifest', 'build_samples', 'main']
 
 # %% ../nbs/02_synthetic.ipynb #650985c1
 LESION_TYPES = (*LESIONS, 'NV')  # MA, HE, EX, SE and NV (new vessels or pre-retinal haemorrhage)
@@ -585,11 +585,19 @@ def write_sample(dest:Path|str, # dataset folder: writes images/<id>.jpg and mas
     return {**row, 'seed': job['seed'], 'patient_seed': job['patient_seed']}
 
 # %% ../nbs/02_synthetic.ipynb #34892661
+def dataset_files(folder:Path|str, # a dataset folder
+                 )->list:
+    "The files of the dataset at `folder`, sorted, relative: all but its manifest and any subfolder holding its own (a dataset of its own)."
+    folder = Path(folder)
+    nested = [d for d in folder.rglob('*') if d.is_dir() and (d/MANIFEST).is_file()]
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*')
+                  if p.is_file() and p.name != MANIFEST and not any(d in p.parents for d in nested))
+
 def write_manifest(folder:Path|str, # a dataset folder
                   )->Path:
     "Write `MANIFEST.sha256` listing the SHA-256 of every other file under `folder` (sorted, `sha256sum` format)."
     folder = Path(folder)
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file() and p.name != MANIFEST)
+    files = dataset_files(folder)
     text = ''.join(f'{sha256_file(folder/f)}  {f}\n' for f in files)
     return atomic_write(folder/MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
 
@@ -599,7 +607,7 @@ def check_manifest(folder:Path|str, # a dataset folder holding MANIFEST.sha256
     folder = Path(folder)
     if not (folder/MANIFEST).is_file(): return [f'{folder/MANIFEST}: no manifest']
     listed = read_manifest(folder)
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file() and p.name != MANIFEST}
+    present = set(dataset_files(folder))
     return ([f'{f}: missing' for f in sorted(set(listed) - present)] + [f'{f}: not in the manifest' for f in sorted(present - set(listed))]
             + [f'{f}: changed' for f in sorted(set(listed) & present) if sha256_file(folder/f) != listed[f]])
 
@@ -658,6 +666,8 @@ def build_samples(dest:Path|str, # folder to (re)build; an existing one must be 
                                                 per_grade=per_grade, n_patients=table.patient.nunique()), encoding='utf-8')
     for p in tmp.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)  # temporary files are created private
     write_manifest(tmp)
+    for d in (dest.iterdir() if dest.exists() else []):  # a dataset of its own inside (data_samples/idrid) is kept
+        if d.is_dir() and (d/MANIFEST).is_file(): shutil.copytree(d, tmp/d.name)
     (tmp/MANIFEST).chmod(0o644)
     _replace_folder(tmp, dest)
     return load_table(dest/'samples.csv')

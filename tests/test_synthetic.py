@@ -198,3 +198,14 @@ def test_refuses_to_replace_a_folder_it_did_not_build(tmp_path):
     (tmp_path/'mine').mkdir(); (tmp_path/'mine'/'notes.txt').write_text('keep me')
     with pytest.raises(FileExistsError, match='left alone'): syn.build_samples(tmp_path/'mine', n_per_grade=1, size=96)
     assert (tmp_path/'mine'/'notes.txt').read_text() == 'keep me'
+
+
+def test_a_dataset_inside_a_dataset_keeps_its_own_manifest(tmp_path):
+    "data_samples/idrid has its own MANIFEST.sha256: the synthetic manifest neither lists nor checks it, but a stray file is caught."
+    from drbook.synthetic import check_manifest, dataset_files, write_manifest
+    (tmp_path/'images').mkdir(); (tmp_path/'images'/'a.jpg').write_bytes(b'a')
+    (tmp_path/'idrid').mkdir(); (tmp_path/'idrid'/'x.jpg').write_bytes(b'x'); write_manifest(tmp_path/'idrid')
+    write_manifest(tmp_path)
+    assert dataset_files(tmp_path) == ['images/a.jpg'] and check_manifest(tmp_path) == []
+    (tmp_path/'stray.txt').write_text('?')
+    assert any('stray.txt' in p for p in check_manifest(tmp_path))
