@@ -55,6 +55,16 @@ def _parser()->argparse.ArgumentParser:
     q.add_argument('--image-size', type=int, help='image side in pixels when the model has no model.json')
     q.add_argument('--task', help="the model's task when it has no model.json (multiclass, sigmoid, ordinal, regression, multilabel)")
     q.add_argument('--verbose', action='store_true', help="also show TensorFlow's start-up log")
+    k = sub.add_parser('calibrate', help="fit a grader's temperature and conformal threshold on a validation split, into its model.json",
+                       description='Fit temperature scaling and a split-conformal threshold on the validation split of --table '
+                       '(split as the model was trained), and write them into the model\'s model.json; drbook predict then shows '
+                       'calibrated probabilities, prediction sets and a refer flag.')
+    k.add_argument('model', help='a model folder (model.keras + model.json), a .keras file, or @NN/name')
+    k.add_argument('--table', default='', help='canonical table CSV the model was trained on (default: the synthetic samples)')
+    k.add_argument('--alpha', type=float, default=0.1, help='miscoverage: sets hold the true grade for 1 - alpha of the eyes (default: 0.1)')
+    k.add_argument('--contiguous', action='store_true', help='prediction sets of adjacent grades only')
+    k.add_argument('--seed', type=int, default=42, help='seed of the split the model was trained with (default: 42)')
+    k.add_argument('--verbose', action='store_true', help="also show TensorFlow's start-up log")
     sub.add_parser('profiles', help='list the profiles')
     sub.add_parser('records', help="print a run's records").add_argument('run_dir')
     return p
@@ -79,6 +89,15 @@ def _predict(args)->int:
     print(f"drbook predict: {graded} of {len(table)} file(s) graded\nTable: {out/'predictions.csv'}\nReport: {out/'report.html'}")
     if not graded: print('drbook predict: no image could be graded (the report lists why)', file=sys.stderr)
     return 0 if graded else 1
+
+def _calibrate(args)->int:
+    "`drbook calibrate`: fit the temperature and q̂ on the validation split and write them into model.json; 2 on bad arguments."
+    with (nullcontext() if args.verbose else quiet_native_stderr()):
+        from drbook.trust import calibrate  # TensorFlow loads for this command only
+    c = calibrate(args.model, args.table, alpha=args.alpha, contiguous=args.contiguous, seed=args.seed)
+    print(f"drbook calibrate: {args.model}: temperature {c['temperature']:.3f}, q̂ {c['qhat']:.3f} ({c['sets']} sets, coverage "
+          f"{c['coverage']:.0%}) from {c['n_val']} validation eyes of {c['table']}; written into its model.json")
+    return 0
 
 def _check(args)->int:
     "`drbook reproduce --check`: the profile's parameters and datasets checked, and the plan printed; nothing runs."
@@ -159,7 +178,7 @@ def _reproduce(args)->int:
         logging.getLogger('asyncio').propagate = False
     return 0 if s['passed'] else 1
 
-COMMANDS = {'reproduce': _reproduce, 'reference': _reference, 'compare': _compare, 'predict': _predict,
+COMMANDS = {'reproduce': _reproduce, 'reference': _reference, 'compare': _compare, 'predict': _predict, 'calibrate': _calibrate,
             'profiles': _profiles, 'records': _records}
 BAD_INPUT = (ValueError, FileNotFoundError, LookupError, RuntimeError)  # KeyError is a LookupError; RuntimeError: no GPU
 

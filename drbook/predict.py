@@ -22,11 +22,12 @@ from .registry import resolve_reference
 from .models import load_meta
 from .train import check_model_task, load_model, predict
 from .gradcam import METHODS, cam_method, gradient_image, overlay
+from .trust import calibrated_columns, logits_model, read_calibration
 
 # %% auto #0
-__all__ = ['OUTPUTS', 'THUMB', 'CAM_ALIASES', 'NOTICE', 'find_images', 'check_out', 'model_file', 'model_settings', 'model_input',
-           'read_photo', 'check_cam', 'score_columns', 'explained_class', 'heatmap_images', 'predict_folder',
-           'write_report']
+__all__ = ['OUTPUTS', 'THUMB', 'CAM_ALIASES', 'CALIBRATED', 'NOTICE', 'find_images', 'check_out', 'model_file', 'model_settings',
+           'model_input', 'read_photo', 'check_cam', 'score_columns', 'explained_class', 'heatmap_images',
+           'predict_folder', 'csv_safe', 'write_report']
 
 # %% ../nbs/15_predict.ipynb #48cfb510
 def find_images(inputs, # a file or folder, or a list of them
@@ -87,7 +88,8 @@ def model_settings(model, # '@NN/name', a model folder, a `.keras` file, or a Ke
     check_model_task(model, task)
     if model.input_shape[1] not in (None, image_size): raise ValueError(f"the model takes {model.input_shape[1]} px images, not {image_size}")
     return model, {'task': get_task(task).name, 'recipe': recipe, 'image_size': int(image_size), 'cutpoints': meta.get('cutpoints'),
-                   'thresholds': meta.get('thresholds'), 'model': str(path) if path else model.name, 'metadata': bool(meta)}
+                   'thresholds': meta.get('thresholds'), 'model': str(path) if path else model.name, 'metadata': bool(meta),
+                   'calibration': read_calibration(meta) if meta else None}
 
 # %% ../nbs/15_predict.ipynb #08b2776b
 THUMB = 192  # longest side of the photographs shown in the report, in pixels
@@ -183,6 +185,9 @@ def _grade_batch(model, batch:list, settings:dict, files_dir:Path, tta:bool, cam
     x = np.stack(xs)
     scores = predict(model, tf.data.Dataset.from_tensor_slices(x.astype(np.float32)).batch(batch_size), tta=tta)
     preds = _rows(scores, settings)
+    if settings.get('calibration') and settings['task'] == 'multiclass':  # temperature and conformal sets from model.json
+        logits = predict(logits_model(model), tf.data.Dataset.from_tensor_slices(x.astype(np.float32)).batch(batch_size), tta=tta)
+        for p, c in zip(preds, calibrated_columns(logits, settings['calibration']).to_dict('records')): p.update(c)
     pics = heatmap_images(model, x, explained_class(scores, [p.get('grade', 0) for p in preds], settings['task']), cam, batch_size)
     for k, ((i, row), p) in enumerate(zip(read, preds)):
         row.update(p)
@@ -215,14 +220,23 @@ def predict_folder(model, # '@NN/name', a model folder, a `.keras` file (model.j
             bar.update(len(jobs[start:start + batch_size]))
     table = pd.DataFrame(rows, columns=_columns(settings['task'], rows))
     if 'grade' in table: table['grade'] = table['grade'].astype('Int64')
-    atomic_write(out/'predictions.csv', lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out/'predictions.csv', lambda tmp: csv_safe(table).to_csv(tmp, index=False))
     write_report(table, out, {**settings, 'tta': tta, 'cam': cam, 'seconds': round(time.time() - t0, 1)})
     return table
+
+CALIBRATED = ('calibrated_referable', 'prediction_set', 'uncertainty', 'refer')  # a calibrated grader's columns (empty when uncalibrated)
+
+def csv_safe(table:pd.DataFrame)->pd.DataFrame:
+    "A copy of `table` whose text cells cannot run as spreadsheet formulas: a cell starting with =, +, -, @, tab or CR gets a leading ' (OWASP)."
+    out = table.copy()
+    for c in [c for c in out.columns if not pd.api.types.is_numeric_dtype(out[c])]:  # text columns, whatever their dtype
+        out[c] = out[c].map(lambda v: "'" + v if isinstance(v, str) and v[:1] in ('=', '+', '-', '@', '\t', '\r') else v)
+    return out
 
 def _columns(task:str, rows:list)->list:
     "The table's columns in order: file and name, the decision, the scores, the thumbnails, the error."
     t = get_task(task)
-    decision = ['grade', 'grade_name', 'referable', 'referable_score'] if t.graded else [f'has_{o}' for o in t.outputs]
+    decision = ['grade', 'grade_name', 'referable', 'referable_score', *CALIBRATED] if t.graded else [f'has_{o}' for o in t.outputs]
     return ['file', 'name', *decision, *score_columns(task), 'photo', 'heatmap', 'error']
 
 # %% ../nbs/15_predict.ipynb #fde4fe50
@@ -256,6 +270,12 @@ def _scores_cell(row, task:str)->str:
     return '<br>'.join(f"<span class=bar><span style='width:{max(0.0, min(1.0, row[c])) * 100:.0f}%'></span></span> "
                        f"{_e(n)} {row[c]:.2f}" for c, n in zip(cols, names))
 
+def _calibrated_cell(row)->str:
+    "A calibrated grader's P(referable), prediction set, uncertainty and refer flag; '—' when uncalibrated."
+    if not isinstance(row.get('prediction_set'), str): return '<td>—</td>'
+    return (f"<td class=small><b>refer: {_e(row['refer'])}</b><br>P(referable) {row['calibrated_referable']:.2f}<br>"
+            f"set {{{_e(row['prediction_set'])}}}<br>uncertainty {row['uncertainty']:.2f}</td>")
+
 def _result_row(row, task:str)->str:
     "The table row of one graded photograph."
     graded = get_task(task).graded
@@ -266,7 +286,7 @@ def _result_row(row, task:str)->str:
     key = row['referable_score'] if graded else max(row[c] for c in score_columns(task))
     return (f"<tr data-grade='{g}' data-score='{key:.6f}' data-name='{_e(row['name'])}'><td>{_e(row['name'])}</td>"
             f"<td><img class=thumb src='{_e(row['photo'])}' alt='photograph'></td><td>{heat}</td>{decision}"
-            f"<td class=small>{_scores_cell(row, task)}</td></tr>")
+            f"{_calibrated_cell(row) if graded else ''}<td class=small>{_scores_cell(row, task)}</td></tr>")
 
 # %% ../nbs/15_predict.ipynb #d83279a1
 def _summary(table:pd.DataFrame, task:str)->str:
@@ -283,13 +303,23 @@ def _summary(table:pd.DataFrame, task:str)->str:
 
 def _settings_html(s:dict)->str:
     "The settings the report was made with."
+    c = s.get('calibration')
     recipe = 'none (resized only)' if s.get('recipe') is None else repr(s['recipe'])
     items = {'model': s.get('model'), 'task': s.get('task'), 'preprocessing': recipe, 'image size': s.get('image_size'),
              'from model.json': s.get('metadata'), 'test-time augmentation': s.get('tta'), 'heatmap': s.get('cam'),
+             'calibration': f"temperature {c['temperature']:.3f}, {c['sets']} sets covering {c['coverage']:.0%} (α = {c['alpha']:g}, {c['n_val']} validation eyes of {c['table']})" if c else 'none',
              'seconds': s.get('seconds'), 'drbook': __version__, 'written': time.strftime('%Y-%m-%d %H:%M')}
     return '<p class=small>' + ' · '.join(f"{_e(k)}: {_e(v)}" for k, v in items.items()) + '</p>'
 
 # %% ../nbs/15_predict.ipynb #4c751c5f
+def _calibration_note(settings:dict)->str:
+    "What the calibrated columns promise, or that the model was not calibrated."
+    c = settings.get('calibration')
+    if not c: return ("<p class=notice>This model was <b>not calibrated</b>: its scores are raw model outputs, not calibrated "
+                      "probabilities, and it has no prediction sets or refer flags (<code>drbook calibrate MODEL --table T</code> fits them).</p>")
+    return (f"<p>Calibrated on {c['n_val']} validation eyes: each prediction set holds the true grade for at least {c['coverage']:.0%} of "
+            f"photographs like the validation ones; <b>refer</b> when the set reaches a referable grade (≥ {REFERABLE_FROM}).</p>")
+
 def write_report(table:pd.DataFrame, # predict_folder's table
                  out:Path|str, # the output folder (thumbnails under report_files/)
                  settings:dict, # task, recipe, image_size, model, tta, cam… (model_settings and predict_folder's)
@@ -298,7 +328,8 @@ def write_report(table:pd.DataFrame, # predict_folder's table
     "Write `out/report.html`: notice, settings, summary, a row per photograph (sortable), unreadable files with reasons."
     task, ok = settings['task'], table[table['error'] == '']
     bad = table[table['error'] != '']
-    heads = ['file', 'photograph', 'heatmap', 'grade', 'referable (score)', 'scores']
+    graded = get_task(task).graded
+    heads = ['file', 'photograph', 'heatmap', 'grade', 'referable (score)', *(['calibrated (refer, P, set, uncertainty)'] if graded else []), 'scores']
     sortable = {'file': 'name', 'grade': 'grade', 'referable (score)': 'score'}
     th = ''.join(f"<th class=sort data-key='{sortable[h]}' title='click to sort'>{h} ⇅</th>" if h in sortable else f'<th>{h}</th>' for h in heads)
     failures = ('<h2>Files that could not be read</h2><table><tr><th>file</th><th>reason</th></tr>' + ''.join(
@@ -306,7 +337,7 @@ def write_report(table:pd.DataFrame, # predict_folder's table
         if len(bad) else '<p>Every file could be read.</p>')
     page = (f"<!DOCTYPE html><html lang=en><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_CSS}</style></head>"
             f"<body><h1>{_e(title)}</h1><div class=notice role=note><b>{NOTICE.split('.')[0]}.</b>{NOTICE[NOTICE.index('.') + 1:]}</div>"
-            f"{_settings_html(settings)}<h2>Summary</h2>{_summary(table, task)}<h2>Photographs</h2>"
+            f"{_settings_html(settings)}{_calibration_note(settings) if graded else ''}<h2>Summary</h2>{_summary(table, task)}<h2>Photographs</h2>"
             f"<table id=results><thead><tr>{th}</tr></thead><tbody>{''.join(_result_row(r, task) for _, r in ok.iterrows())}</tbody></table>"
             f"{failures}<script>{_JS}</script></body></html>")
     return atomic_write(Path(out)/'report.html', lambda tmp: Path(tmp).write_text(page, encoding='utf-8'))

@@ -133,6 +133,17 @@ def test_report_renders_in_a_headless_browser(model_file, photos, tmp_path):
     assert (np.abs(a[..., 0] - a[..., 2]) > 60).mean() > 0.01      # colour: the photographs and heatmaps are drawn
 
 
+def test_calibrated_report_renders_in_a_headless_browser(calibrated_model, photos, tmp_path):
+    "A calibrated model's report, as the browser builds it: the calibration, and a refer flag and set per photograph."
+    browser = shutil.which('chromium') or shutil.which('chromium-browser')
+    if browser is None: pytest.skip('no chromium or chromium-browser on PATH to render report.html')
+    table = predict_folder(calibrated_model, photos, tmp_path/'out', progress=False, cam='none')
+    r = subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--dump-dom', (tmp_path/'out'/'report.html').as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    dom = r.stdout
+    assert 'temperature 1.500' in dom and dom.count('<b>refer: ') == int((table['error'] == '').sum()), r.stderr[-2000:]
+
+
 def test_training_and_prediction_decode_a_photograph_the_same_way(tmp_path):
     "A JPEG stored on its side (EXIF orientation 6) reaches a model upright, pixel for pixel the same, in training and in predict."
     from PIL import Image
@@ -172,3 +183,63 @@ def test_heatmap_methods_are_gradcams_vocabulary():
     assert [check_cam(m) for m in METHODS] == list(METHODS)
     assert (check_cam('guided'), check_cam('none')) == ('guided_gradcam', 'none')
     with pytest.raises(ValueError, match=r"cam='heat': expected 'none' or one of \['gradcam'"): check_cam('heat')
+
+
+@pytest.fixture
+def calibrated_model(model_file, tmp_path):
+    "A copy of the test model whose model.json carries a temperature and a conformal threshold."
+    from drbook.trust import calibration_doc, save_calibration
+    folder = tmp_path/'calibrated'; shutil.copytree(model_file.parent, folder)
+    save_calibration(folder, calibration_doc(1.5, 0.9, 0.1, n_val=30, table='test table'))
+    return folder
+
+CALIBRATED = ['calibrated_referable', 'prediction_set', 'uncertainty', 'refer']
+
+def test_calibrated_model_shows_probability_set_uncertainty_and_refer(calibrated_model, photos, tmp_path):
+    from drbook.core import REFERABLE_FROM
+    from drbook.models import load_meta
+    assert load_meta(calibrated_model)['extra']['trained_on'] == 'test'  # the other fields are kept
+    predict_folder(calibrated_model, photos, tmp_path/'out', progress=False, cam='none')
+    csv = pd.read_csv(tmp_path/'out'/'predictions.csv', keep_default_na=False)
+    ok = csv[csv['error'] == '']
+    assert list(csv.columns)[5:11] == ['referable_score', *CALIBRATED, 'score_grade_0']
+    p = ok[[f'score_grade_{g}' for g in range(5)]].to_numpy(float)
+    z = np.log(np.clip(p, 1e-30, None)) / 1.5                      # softmax(log p / T) = softmax(logits / T)
+    cal = np.exp(z - z.max(1, keepdims=True)); cal /= cal.sum(1, keepdims=True)
+    np.testing.assert_allclose(ok['calibrated_referable'].astype(float), cal[:, REFERABLE_FROM:].sum(1), atol=1e-4)
+    sets = [sorted(set(np.flatnonzero(1 - c <= 0.9)) | {int(c.argmax())}) for c in cal]  # 1 − p ≤ q̂, and the predicted grade
+    from drbook.trust import set_text
+    assert ok['prediction_set'].tolist() == [set_text(np.isin(np.arange(5), s)) for s in sets]
+    assert ok['refer'].tolist() == ['yes' if max(s) >= REFERABLE_FROM else 'no' for s in sets]
+    page = (tmp_path/'out'/'report.html').read_text()
+    assert 'temperature 1.500' in page and 'at least 90%' in page and page.count('<b>refer: ') == len(ok)
+    assert 'not calibrated' not in page
+
+def test_uncalibrated_model_says_so(model_file, photos, tmp_path):
+    predict_folder(model_file, photos, tmp_path/'out', progress=False, cam='none')
+    csv = pd.read_csv(tmp_path/'out'/'predictions.csv', keep_default_na=False)
+    assert (csv[CALIBRATED] == '').all().all()                     # the columns are there, empty
+    page = (tmp_path/'out'/'report.html').read_text()
+    assert 'This model was <b>not calibrated</b>' in page and 'calibration: none' in page and '<b>refer: ' not in page
+
+def test_csv_cells_cannot_run_as_spreadsheet_formulas(model_file, photos, tmp_path):
+    "OWASP's CSV injection advice: a cell beginning with =, +, - or @ is prefixed with a single quote."
+    names = ['=HYPERLINK("example.com","x").jpg', '+1+2.jpg', '-3.jpg', '@SUM(A1).jpg']
+    for n in names: shutil.copy(photos/'a.jpg', photos/n)
+    table = predict_folder(model_file, photos, tmp_path/'out', progress=False, cam='none')
+    assert set(names) <= set(table['name'])                          # the table in memory keeps the real names
+    csv = pd.read_csv(tmp_path/'out'/'predictions.csv', keep_default_na=False)
+    assert sorted(n for n in csv['name'] if n.startswith("'")) == sorted("'" + n for n in names)
+    text = ['file', 'name', 'grade_name', 'referable', 'prediction_set', 'refer', 'photo', 'heatmap', 'error']
+    assert not [v for col in text for v in csv[col] if v[:1] in ('=', '+', '-', '@')]
+    assert (csv.loc[csv['error'] == '', 'score_grade_0'].astype(float) >= 0).all()  # numbers stay numbers
+
+def test_calibrate_command_writes_model_json(model_file, tmp_path, capsys):
+    from drbook.models import load_meta
+    folder = tmp_path/'m'; shutil.copytree(model_file.parent, folder)
+    assert main(['calibrate', str(folder), '--alpha', '1.5']) == 2
+    assert 'alpha must be a number strictly between 0 and 1' in capsys.readouterr().err
+    assert main(['calibrate', str(folder), '--alpha', '0.2']) == 0
+    c = load_meta(folder)['extra']['calibration']
+    assert c['alpha'] == 0.2 and c['temperature'] > 0 and c['n_val'] > 0 and c['sets'] == 'lac'
+    assert 'written into its model.json' in capsys.readouterr().out
