@@ -33,4 +33,5 @@ def test_a_model_reference_nobody_published_is_refused_by_check(capsys, tmp_path
 
 @pytest.mark.slow  # imports TensorFlow for drbook predict
 def test_predict_reports_a_missing_model_on_one_line(capsys, tmp_path):
-    assert 'missing.keras' in one_error_line(capsys, ['predict', str(tmp_path/'missing.keras'), str(tmp_path), '--out', str(tmp_path/'out')], 'predict')
+    (tmp_path/'photos').mkdir()
+    assert 'missing.keras' in one_error_line(capsys, ['predict', str(tmp_path/'missing.keras'), str(tmp_path/'photos'), '--out', str(tmp_path/'out')], 'predict')
