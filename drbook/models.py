@@ -138,6 +138,7 @@ def fit_or_load(name:str, # readable name, the folder's prefix (e.g. 'exp5')
                 extra:dict|None=None, # model.json's other fields (thresholds, cutpoints, anything to keep)
                 verbose=2, # Keras progress output
                 root:Path|str|None=None, # where model folders go (default: models_root())
+                checkpoint_every:float=60., # seconds between resume checkpoints (drbook.train.fit; not part of the key)
                )->Trained:
     "The model `config` describes: loaded when trained before (same key), resumed when interrupted, else trained."
     cw = None if class_weight is None else {int(k): float(v) for k, v in (class_weight.items() if hasattr(class_weight, 'items') else enumerate(class_weight))}
@@ -157,7 +158,7 @@ def fit_or_load(name:str, # readable name, the folder's prefix (e.g. 'exp5')
             ds = make_datasets(tables, task, config['image_size'], config['batch_size'], config['augment'] or None, config['seed'])
             datasets = (ds['train'], ds.get('val'))
         history = fit(model, *datasets, folder, epochs=epochs, task=task, class_weight=cw, patience=patience,
-                      monitor=monitor, reduce_lr=reduce_lr, verbose=verbose)
+                      monitor=monitor, reduce_lr=reduce_lr, verbose=verbose, checkpoint_every=checkpoint_every)
         save_meta(folder, history=history, complete=True, **meta_args)
         return Trained(name, folder, model, load_meta(folder), key)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_training.ipynb #7f775779
 from __future__ import annotations
-import csv, json, math, warnings
+import csv, json, math, time, warnings
 from pathlib import Path
 import numpy as np
 import keras
@@ -85,14 +85,21 @@ def load_model(path:Path|str, # a `.keras` file written by `save_model` or `fit`
 
 # %% ../nbs/06_training.ipynb #0a537550
 class BestCheckpoint(keras.callbacks.Callback):
-    "Save the model atomically to `path` whenever the logged `monitor` improves on the best so far."
+    "Keep the weights of the best logged `monitor` so far; write that model atomically to `path` at `flush()` and when training ends."
     def __init__(self, path, monitor='val_loss', mode='min', best=None):
-        super().__init__(); self.path, self.monitor, self.mode, self.best = Path(path), monitor, mode, best
+        super().__init__(); self.path, self.monitor, self.mode, self.best, self.pending = Path(path), monitor, mode, best, None
     def on_epoch_end(self, epoch, logs=None):
         v = (logs or {}).get(self.monitor)
         if v is None or math.isnan(v): return
         if self.best is None or (v < self.best if self.mode == 'min' else v > self.best):
-            self.best = float(v); save_model(self.model, self.path)
+            self.best, self.pending = float(v), self.model.get_weights()  # in memory: writing every improvement costs seconds
+    def flush(self):
+        "Write the best model kept since the last flush; the model's own weights stay as they are."
+        if self.pending is None: return
+        now = self.model.get_weights(); self.model.set_weights(self.pending)
+        try: save_model(self.model, self.path)
+        finally: self.model.set_weights(now); self.pending = None
+    def on_train_end(self, logs=None): self.flush()
 
 class _ResumedEarlyStopping(keras.callbacks.EarlyStopping):
     "EarlyStopping that starts from the monitored values of epochs already run (`past`)."
@@ -106,9 +113,15 @@ class _ResumedEarlyStopping(keras.callbacks.EarlyStopping):
 
 # %% ../nbs/06_training.ipynb #1b185fe1
 class ResumeCheckpoint(keras.callbacks.Callback):
-    "After every epoch, save the whole model to `folder/epoch_NNNN.keras` atomically; remove the folder when training ends."
-    def __init__(self, folder): super().__init__(); self.folder = Path(folder)
+    "Save the whole model to `folder/epoch_NNNN.keras` atomically after an epoch once `every` seconds have passed since the last save; remove the folder when training ends."
+    def __init__(self, folder, every:float=0., # seconds between saves (0: after every epoch)
+                 before_save=None): # called before each save (BestCheckpoint.flush: the best model is never older than the resume point)
+        super().__init__(); self.folder, self.every, self.before_save = Path(folder), every, before_save
+    def on_train_begin(self, logs=None): self.last = time.monotonic()
     def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() - self.last < self.every: return
+        if self.before_save: self.before_save()
+        self.last = time.monotonic()
         old = list(self.folder.glob('epoch_*.keras'))
         save_model(self.model, self.folder/f'epoch_{epoch + 1:04d}.keras')
         for p in old: p.unlink(missing_ok=True)
@@ -149,16 +162,16 @@ def _with_class_weight(ds, class_weight, task):
     return ds.map(lambda x, y: (x, y, tf.gather(w, target_grades(y, task))), num_parallel_calls=tf.data.AUTOTUNE)
 
 # %% ../nbs/06_training.ipynb #807522d6
-def _callbacks(out_dir, past, patience, monitor, reduce_lr, verbose):
+def _callbacks(out_dir, past, patience, monitor, reduce_lr, verbose, checkpoint_every=0.):
     "drbook's training callbacks for a run in `out_dir`, resuming from the `past` per-epoch logs."
     mode, seen = _mode(monitor), [v for v in past.get(monitor, []) if not math.isnan(v)]
     best = (min(seen) if mode == 'min' else max(seen)) if seen else None
-    cbs = [BestCheckpoint(out_dir/'model.keras', monitor=monitor, mode=mode, best=best),
+    cbs = [keeper := BestCheckpoint(out_dir/'model.keras', monitor=monitor, mode=mode, best=best),
            _ResumedEarlyStopping(past=past.get(monitor, []), monitor=monitor, mode=mode, patience=patience,
                                  restore_best_weights=True, verbose=int(verbose != 0))]
     if reduce_lr: cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5,
                                                               patience=max(1, patience // 3), verbose=int(verbose != 0)))
-    return cbs + [keras.callbacks.CSVLogger(str(out_dir/'history.csv'), append=bool(past)), ResumeCheckpoint(out_dir/'resume')]
+    return cbs + [keras.callbacks.CSVLogger(str(out_dir/'history.csv'), append=bool(past)), ResumeCheckpoint(out_dir/'resume', checkpoint_every, keeper.flush)]
 
 # %% ../nbs/06_training.ipynb #e8139bf7
 def fit(model:keras.Model, # a model compiled with `compile_for`
@@ -173,6 +186,7 @@ def fit(model:keras.Model, # a model compiled with `compile_for`
         reduce_lr:bool=False, # halve the learning rate when `monitor` stalls for patience//3 epochs
         verbose='auto', # Keras progress output ('auto', 0, 1, 2)
         callbacks:list|None=None, # extra Keras callbacks
+        checkpoint_every:float=60., # seconds between resume checkpoints (0: after every epoch); a killed run loses at most this much
        )->dict:
     "Train `model`, keeping the best model and the history in `out_dir`; resume an interrupted run; return the history."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +196,7 @@ def fit(model:keras.Model, # a model compiled with `compile_for`
     done = _resume(model, out_dir/'resume')
     past = {k: v[:done] for k, v in _read_history(out_dir/'history.csv').items()} if done else {}
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=done, verbose=verbose, shuffle=False,
-              callbacks=_callbacks(out_dir, past, patience, monitor, reduce_lr, verbose) + list(callbacks or []))
+              callbacks=_callbacks(out_dir, past, patience, monitor, reduce_lr, verbose, checkpoint_every) + list(callbacks or []))
     best = out_dir/'model.keras'
     if best.exists(): model.load_weights(best)  # the best epoch, also when it came before an interruption
     else: save_model(model, best)

@@ -16,7 +16,8 @@ from .tasks import output_layer
 __all__ = ['BACKBONES', 'PRETRAINED', 'HEADS', 'Backbone', 'get_backbone', 'PreprocessInput', 'Pretrained', 'pretrained_dir',
            'pretrained_file', 'resolve_weights', 'weights_used', 'keras_weights_path', 'dense_head', 'conv_head',
            'add_head', 'build_model', 'backbone_of', 'backbone_layers', 'head_layers', 'backbone_arrays',
-           'load_pretrained', 'block_labels', 'block_names', 'feature_model', 'head_model', 'calibrate_batchnorm']
+           'load_pretrained', 'block_labels', 'block_names', 'feature_model', 'head_model', 'build_head',
+           'calibrate_batchnorm']
 
 # %% ../nbs/08_transfer_learning.ipynb #c3389c92
 @dataclass(frozen=True)
@@ -288,6 +289,16 @@ def head_model(model:keras.Model)->keras.Model:
                                                      "head_model needs a head that is a chain of layers")
         x, prev = layer(x), layer.output
     return keras.Model(feats, x, name=f'{model.name}_head')
+
+def build_head(feature_shape:tuple, # the backbone's feature-map shape, e.g. feature_model(model).output.shape[1:]
+               task:str='multiclass', # a key of drbook.tasks.TASKS
+               head:str='s1', # a key of HEADS
+               **head_kwargs, # overrides of the head preset
+              )->keras.Model:
+    "A fresh head alone, from feature maps to predictions, with the layer names `build_model` gives it (no backbone is built)."
+    with strategy_scope():
+        feats = keras.Input(tuple(feature_shape), name='features')
+        return keras.Model(feats, add_head(feats, task, head, **head_kwargs), name=f'{head}_head')
 
 # %% ../nbs/08_transfer_learning.ipynb #d339dbdb
 def calibrate_batchnorm(model:keras.Model, # any Keras model

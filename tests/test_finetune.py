@@ -159,7 +159,7 @@ def test_a_schedule_killed_in_stage_2_resumes_there(tmp_path):
     _, val, x, tables = _toy_data()
     y = np.arange(len(x)) % 5
     stages = two_stage(head_epochs=2, finetune_epochs=3, head_lr=1e-2, finetune_lr=1e-4, unfreeze='block_15')
-    run = lambda ds: fine_tune('toy', lambda: _model(x), CONFIG, stages, tables, (ds, val), verbose=0, patience=0, root=tmp_path)
+    run = lambda ds: fine_tune('toy', lambda: _model(x), CONFIG, stages, tables, (ds, val), verbose=0, patience=0, root=tmp_path, checkpoint_every=0)
     per_epoch = 3  # 24 images in batches of 8
     killed, _ = _counted(x, y, fail_at=2 * per_epoch + per_epoch + 2)  # stage 1's two epochs, stage 2's first, then killed
     with pytest.raises(Exception, match='killed'): run(killed)

@@ -134,7 +134,8 @@ def test_interrupted_fit_resumes_at_next_epoch(tmp_path, mid_epoch):
     k, epochs = 2, 5
     first = train.compile_for(tiny(), 'multiclass', learning_rate=1e-2)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(first, tr, va, tmp_path, task=TASK, epochs=epochs, patience=10, verbose=0, callbacks=[Interrupt(k, mid_epoch)])
+        train.fit(first, tr, va, tmp_path, task=TASK, epochs=epochs, patience=10, verbose=0, callbacks=[Interrupt(k, mid_epoch)],
+                  checkpoint_every=0)
     # after epoch k (1-based) the resume folder holds that epoch's model, and only it (killed mid-epoch: the weights moved on since)
     assert [p.name for p in (tmp_path/'resume').iterdir()] == [f'epoch_{k:04d}.keras']
     saved = train.load_model(tmp_path/'resume'/f'epoch_{k:04d}.keras')
@@ -160,7 +161,7 @@ def test_early_stopping_counts_epochs_before_an_interruption(tmp_path):
     # the same run killed after 2 epochs stops at the same epoch once resumed
     m = train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.0)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(m, tr, va, tmp_path/'b', task=TASK, epochs=20, patience=patience, verbose=0, callbacks=[Interrupt(2)])
+        train.fit(m, tr, va, tmp_path/'b', task=TASK, epochs=20, patience=patience, verbose=0, callbacks=[Interrupt(2)], checkpoint_every=0)
     h = train.fit(train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.0), tr, va, tmp_path/'b', task=TASK, epochs=20,
                   patience=patience, verbose=0)
     assert len(h['loss']) == patience + 1
@@ -171,7 +172,7 @@ def test_resumed_checkpoint_keeps_the_earlier_best(tmp_path):
     tr, va = toy(96)[0], toy(32, seed=1)[0]
     m = train.compile_for(tiny(), 'multiclass', learning_rate=1e-2)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(m, tr, va, tmp_path, task=TASK, epochs=4, verbose=0, callbacks=[Interrupt(2)])
+        train.fit(m, tr, va, tmp_path, task=TASK, epochs=4, verbose=0, callbacks=[Interrupt(2)], checkpoint_every=0)
     best_before = train.load_model(tmp_path/'model.keras').evaluate(va, verbose=0, return_dict=True)['loss']
     # resume with a learning rate so large that every later epoch is worse: the earlier best must stay
     m2 = train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=50.0)
