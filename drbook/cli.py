@@ -28,6 +28,7 @@ def _parser()->argparse.ArgumentParser:
     r.add_argument('--nbs', help='folder of the notebooks (default: the project\'s nbs/)')
     r.add_argument('--reference', help='reference file to compare with (default: reference/<profile>.json)')
     r.add_argument('--keep-going', action='store_true', help='go on with the next notebooks after a failure')
+    r.add_argument('--jobs', type=int, help="notebooks run at once (default: the profile's `jobs`, else 1); one GPU: keep 1")
     r.add_argument('--require-gpu', action='store_true', help='fail at once when no GPU is visible')
     r.add_argument('--check', action='store_true', help='only check the profile (parameters declared, datasets present and '
                    'readable) and print the plan; runs nothing')
@@ -164,7 +165,7 @@ def _reproduce(args)->int:
     "`drbook reproduce`: run a profile (or only check it); 0 when every notebook ran and nothing regressed."
     if args.require_gpu: require_gpu()
     if args.check: return _check(args)
-    s = reproduce(args.profile, only=args.only, runs_root=args.runs, nbs_dir=args.nbs, keep_going=args.keep_going,
+    s = reproduce(args.profile, only=args.only, runs_root=args.runs, nbs_dir=args.nbs, keep_going=args.keep_going, jobs=args.jobs,
                   verbose=args.verbose, reference=args.reference)
     run, cmp = Path(s['run_dir']), s['comparison']
     if cmp['reference']:

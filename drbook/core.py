@@ -232,7 +232,7 @@ def record(name:str, # what is recorded, e.g. 'test_qwk'
     rd.mkdir(parents=True, exist_ok=True)
     line = {'notebook': os.environ.get('DRBOOK_NOTEBOOK', ''), 'name': name, 'value': _jsonable(value),
             'time': time.strftime('%Y-%m-%dT%H:%M:%S'), **{k: _jsonable(v) for k, v in meta.items()}}
-    with open(rd/'records.jsonl', 'a', encoding='utf-8') as f: f.write(json.dumps(line) + '\n')
+    with file_lock(rd/'records.lock'), open(rd/'records.jsonl', 'a', encoding='utf-8') as f: f.write(json.dumps(line) + '\n')  # notebooks may run side by side
     return value
 
 # %% ../nbs/00_core.ipynb #f59456af

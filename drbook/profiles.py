@@ -17,7 +17,7 @@ __all__ = ['PROFILE_KEYS', 'DATASET_READERS', 'RUNNER_NOTEBOOKS', 'IMAGE_READERS
            'check_table_csv', 'check_parameters', 'model_references', 'check_model_references']
 
 # %% ../nbs/14a_profiles.ipynb #2dc7343f
-PROFILE_KEYS = {'description', 'require_gpu', 'expected_time', 'datasets', 'notebooks', 'parameters', 'timeout', 'paper'}
+PROFILE_KEYS = {'description', 'require_gpu', 'expected_time', 'datasets', 'notebooks', 'parameters', 'timeout', 'jobs', 'paper'}
 
 def profiles_dir()->Path:
     "Where named profiles live: `profiles/` at the project root (`DRBOOK_PROFILES` overrides)."
@@ -57,10 +57,13 @@ def validate_profile(prof, # a profile's mapping, as read from its YAML file or 
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ValueError(f"{where}: `parameters` maps a notebook name (or '*') to a mapping of parameter values")
     if not isinstance(nbs := prof.get('notebooks') or [], list): raise ValueError(f"{where}: `notebooks` is a list of names or prefixes")
+    jobs = prof.get('jobs', 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"{where}: `jobs` (notebooks run at once) is a whole number of at least 1, not {jobs!r}")
     return {'name': name, 'path': path, 'description': prof.get('description') or '',
             'require_gpu': bool(prof.get('require_gpu', False)), 'expected_time': str(prof.get('expected_time') or ''),
             'datasets': _check_datasets(where, prof.get('datasets') or {}), 'notebooks': [str(n) for n in nbs],
-            'parameters': params, 'timeout': prof.get('timeout'), 'paper': _check_paper(where, prof.get('paper'))}
+            'parameters': params, 'timeout': prof.get('timeout'), 'jobs': jobs, 'paper': _check_paper(where, prof.get('paper'))}
 
 def load_profile(name:str # a profile name in `profiles/`, or a path to a YAML file
                 )->dict:
@@ -235,9 +238,10 @@ def check_parameters(prof:dict, # a loaded profile
 def model_references(nb_path:Path, # a chapter notebook
                      profile:dict, # a loaded profile
                     )->dict:
-    "`{parameter: (chapter, name)}` for the model references among the parameters the notebook is passed."
+    "`{parameter: (chapter, name)}` for the model references among the parameters the notebook is passed (`members[2]` for one in a list)."
     used, _ = notebook_parameters(nb_path, profile)
-    return {k: ref for k, v in used.items() if (ref := registry.parse_reference(v))}
+    items = [(f'{k}[{i}]' if isinstance(v, list) else k, x) for k, v in used.items() for i, x in enumerate(v if isinstance(v, list) else [v])]
+    return {k: ref for k, v in items if (ref := registry.parse_reference(v))}
 
 def _is_chapter(stem:str, chapter:str)->bool: return stem == chapter or stem.startswith(f'{chapter}_')
 

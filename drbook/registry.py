@@ -111,8 +111,9 @@ def find_run(chapter:str, # a chapter prefix, e.g. '08'
     skip = Path(before).resolve() if before else None
     runs = [p for p in runs_dir().glob(f'{profile}-*') if p.is_dir() and p.resolve() != skip
             and (p/INDEX_FILE).is_file() and re.fullmatch(rf'{re.escape(profile)}-\d{{8}}-\d{{6}}(-\d+)?', p.name)]
-    with_chapter = [p for p in runs if _published(read_index(p), chapter)]
-    return max(with_chapter, key=lambda p: (p/INDEX_FILE).stat().st_mtime, default=None)
+    for p in sorted(runs, key=lambda p: p.name, reverse=True):  # the name holds the start time: newest first, stop at the first match
+        if _published(read_index(p), chapter): return p
+    return None
 
 # %% ../nbs/06a_registry.ipynb #ff81ca59
 def _places(run:Path|None, chapter:str)->list:

@@ -5,6 +5,7 @@
 # %% ../nbs/14_reproduce.ipynb #8c2dfeda
 from __future__ import annotations
 import json, logging, os, sys, time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -12,7 +13,7 @@ from jupyter_client.manager import AsyncKernelManager
 from . import data, registry
 from .core import read_records, require_gpu, runs_dir
 from .profiles import (as_profile, chapter_notebooks, check_model_references, check_parameters, check_table_csv,
-                             dataset_root, notebook_parameters, read_dataset)
+                             dataset_root, model_references, notebook_parameters, read_dataset, _is_chapter)
 from .references import FAILING, comparison_table, compare_records, counts_table, fmt_value, paper_rows, reference_path
 
 # %% auto #0
@@ -37,11 +38,19 @@ def _describe_failure(e)->str:
     first = next((l for l in (e.source or '').splitlines() if l.strip()), '')
     return f"cell {e.cell_index} (In [{e.exec_count}]: `{first[:80]}`): {e.ename}: {e.evalue}"
 
-def _kernel_manager(stream)->type:
-    "A kernel manager class whose kernels write their stdout and stderr to the open file `stream` (None: inherited)."
+def _kernel_manager(stream, # open file for the kernel's stdout and stderr (None: inherited)
+                    env:dict|None=None, # variables set in the kernel's environment (None removes one)
+                   )->type:
+    "A kernel manager class whose kernels get `env` on top of this process's environment and write to `stream`."
     class LoggedKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw):
             if stream is not None: kw.setdefault('stdout', stream); kw.setdefault('stderr', stream)
+            if env:  # the kernel's own environment: notebooks run side by side never see each other's
+                merged = {**os.environ, **kw.get('env', {})}
+                for k, v in env.items():
+                    if v is None: merged.pop(k, None)
+                    else: merged[k] = str(v)
+                kw['env'] = merged
             return await super().start_kernel(**kw)
     return LoggedKernelManager
 
@@ -70,14 +79,13 @@ def run_notebook(nb_path:Path, out_path:Path, parameters:dict, run_dir:Path, cwd
     env = {'DRBOOK_RUN_DIR': str(run_dir), 'DRBOOK_NOTEBOOK': Path(nb_path).stem,
            'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'),
            'DRBOOK_PROFILE': profile or os.environ.get('DRBOOK_PROFILE')}
-    with environ(**env):  # the kernel inherits the runner's environment
-        try:
-            pm.execute_notebook(str(nb_path), str(out_path), parameters=parameters, kernel_name=kernel, cwd=str(cwd),
-                                progress_bar=progress, execution_timeout=timeout,
-                                kernel_manager_class=_kernel_manager(kernel_log))
-            return 'ok', ''
-        except pm.PapermillExecutionError as e: return 'failed', _describe_failure(e)
-        except Exception as e: return 'failed', f"{type(e).__name__}: {e}"
+    try:  # the kernel gets `env` on top of the runner's environment (which stays as it is: other notebooks may be starting)
+        pm.execute_notebook(str(nb_path), str(out_path), parameters=parameters, kernel_name=kernel, cwd=str(cwd),
+                            progress_bar=progress, execution_timeout=timeout,
+                            kernel_manager_class=_kernel_manager(kernel_log, env))
+        return 'ok', ''
+    except pm.PapermillExecutionError as e: return 'failed', _describe_failure(e)
+    except Exception as e: return 'failed', f"{type(e).__name__}: {e}"
 
 # %% ../nbs/14_reproduce.ipynb #859e72ac
 NOISY_LOGGERS = ('papermill', 'nbclient', 'traitlets', 'jupyter_client', 'asyncio', 'py.warnings')
@@ -121,12 +129,11 @@ def _progress(nb:Path, on:bool)->dict|bool:
 def resolve_models(parameters:dict, # the parameters a notebook is about to be passed
                    run:Path, # the run folder
                   )->dict:
-    "`parameters` with each model reference (`'@08/name'`) replaced by the absolute folder of the model it names in `run`."
-    out = {}
-    for k, v in parameters.items():
-        try: out[k] = str(registry.resolve_reference(v, run=run)) if registry.parse_reference(v) else v
+    "`parameters` with each model reference (`'@08/name'`, also in a list) replaced by the absolute folder of the model it names in `run`."
+    def one(k, v):
+        try: return str(registry.resolve_reference(v, run=run)) if registry.parse_reference(v) else v
         except LookupError as e: raise LookupError(f"parameter {k}: {e}") from None
-    return out
+    return {k: [one(k, x) for x in v] if isinstance(v, list) else one(k, v) for k, v in parameters.items()}
 
 def reproduce(profile:str|dict='sample', # profile name, YAML path, or a profile as a dict (validated like a YAML file)
               only:list|None=None, # run only these notebooks (names or number prefixes)
@@ -138,16 +145,22 @@ def reproduce(profile:str|dict='sample', # profile name, YAML path, or a profile
               verbose:bool=False, # show the kernels' output and the libraries' log on the terminal too
               progress:bool|None=None, # a progress bar per chapter (None: when stderr is a terminal)
               reference:Path|str|None=None, # the reference to compare with (default reference/<profile>.json)
+              jobs:int|None=None, # notebooks run at once (None: the profile's `jobs`, default 1); a notebook waits for those whose models it takes
              )->dict:
     "Run the course's notebooks under `profile`, compare what they record with the reference; write and return the summary."
     prof = as_profile(profile)
     # the profile and the runs folder hold for the whole run: earlier runs are looked up there, and the kernels inherit them
     with environ(DRBOOK_PROFILE=prof['name'], DRBOOK_RUNS=Path(runs_root).resolve() if runs_root else os.environ.get('DRBOOK_RUNS')):
         return _reproduce(prof, chapter_notebooks(nbs_dir, only or prof['notebooks'] or None), nbs_dir, keep_going, kernel,
-                          log, verbose, progress, reference)
+                          log, verbose, progress, reference, jobs or prof['jobs'])
 
-def _reproduce(prof, nbs, nbs_dir, keep_going, kernel, log, verbose, progress, reference)->dict:
-    "`reproduce` once the profile is read: the checks before any work, then the notebooks one by one."
+def _needs(nbs:list, prof:dict)->dict:
+    "`{notebook stem: stems of the notebooks of this run whose models it takes}`: what must finish before it starts."
+    stems = [nb.stem for nb in nbs]
+    return {nb.stem: {s for ch, _ in model_references(nb, prof).values() for s in stems[:i] if _is_chapter(s, ch)} for i, nb in enumerate(nbs)}
+
+def _reproduce(prof, nbs, nbs_dir, keep_going, kernel, log, verbose, progress, reference, jobs=1)->dict:
+    "`reproduce` once the profile is read: the checks before any work, then the notebooks, `jobs` at a time."
     check_parameters(prof, nbs_dir)
     check_table_csv(nbs, prof)
     check_model_references(nbs, prof)
@@ -157,26 +170,40 @@ def _reproduce(prof, nbs, nbs_dir, keep_going, kernel, log, verbose, progress, r
     if tables: (run/'tables').mkdir()
     csvs = {f'@{n}': str(data.save_table(t, run/'tables'/f'{n}.csv')) for n, t in tables.items()}
     csvs.update({f'@{n}:root': str(dataset_root(spec)) for n, spec in prof['datasets'].items()})
-    if progress is None: progress = sys.stderr.isatty()
-    log(f"drbook reproduce: profile {prof['name']!r}, {len(nbs)} notebooks, run folder {run}")
-    results, failed = [], False
-    with open(run/'reproduce.log', 'a', encoding='utf-8') as klog, logs_to(run/'reproduce.log', verbose):
-        for nb in nbs:
-            res = NotebookResult(nb.stem, output=str(run/'notebooks'/nb.name))
-            if failed and not keep_going: res.status = 'skipped'; results.append(res); continue
-            used, res.unused_parameters = notebook_parameters(nb, prof)
-            res.parameters = {k: csvs.get(v, v) if isinstance(v, str) else v for k, v in used.items()}
-            t0 = time.time()
-            try: res.parameters = resolve_models(res.parameters, run)  # just before it starts: what the run published so far
-            except LookupError as e: res.status, res.error = 'failed', f"not started: {e}"
-            else: res.status, res.error = run_notebook(nb, Path(res.output), res.parameters, run, nb.parent, kernel, prof['timeout'],
-                                                       _progress(nb, progress), None if verbose else klog, prof['name'])
-            res.seconds = round(time.time() - t0, 1)
-            failed |= res.status == 'failed'
-            note = res.error or ('not passed: ' + ', '.join(res.unused_parameters) if res.unused_parameters else '')
-            log(f"  {nb.stem:<24} {res.status:<7} {res.seconds:7.1f} s" + (f"  {note}" if note else ''))
-            results.append(res)
-    return write_summary(run, prof, results, reference)
+    if progress is None: progress = sys.stderr.isatty() and jobs == 1  # one bar at a time
+    log(f"drbook reproduce: profile {prof['name']!r}, {len(nbs)} notebooks, run folder {run}" + (f", {jobs} at a time" if jobs > 1 else ''))
+    needs, results, state = _needs(nbs, prof), {}, {'failed': False}
+
+    def run_one(nb:Path, res:NotebookResult, klog)->NotebookResult:
+        t0 = time.time()
+        try: res.parameters = resolve_models(res.parameters, run)  # just before it starts: what the run published so far
+        except LookupError as e: res.status, res.error = 'failed', f"not started: {e}"
+        else: res.status, res.error = run_notebook(nb, Path(res.output), res.parameters, run, nb.parent, kernel, prof['timeout'],
+                                                   _progress(nb, progress), None if verbose else klog, prof['name'])
+        res.seconds = round(time.time() - t0, 1)
+        return res
+
+    with open(run/'reproduce.log', 'a', encoding='utf-8') as klog, logs_to(run/'reproduce.log', verbose), \
+         ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending, running = list(nbs), {}
+        while pending or running:
+            for nb in list(pending):  # start, in order, each notebook whose models are ready, while a slot is free
+                if len(running) >= jobs or (state['failed'] and not keep_going): break
+                if needs[nb.stem] - set(results): continue
+                pending.remove(nb)
+                res = NotebookResult(nb.stem, output=str(run/'notebooks'/nb.name))
+                used, res.unused_parameters = notebook_parameters(nb, prof)
+                res.parameters = {k: csvs.get(v, v) if isinstance(v, str) else v for k, v in used.items()}
+                running[pool.submit(run_one, nb, res, klog)] = nb
+            if not running: break  # a failure stopped the run: what is left is skipped
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                res = f.result(); del running[f]; results[res.notebook] = res
+                state['failed'] |= res.status == 'failed'
+                note = res.error or ('not passed: ' + ', '.join(res.unused_parameters) if res.unused_parameters else '')
+                log(f"  {res.notebook:<24} {res.status:<7} {res.seconds:7.1f} s" + (f"  {note}" if note else ''))
+    ordered = [results.get(nb.stem) or NotebookResult(nb.stem, status='skipped', output=str(run/'notebooks'/nb.name)) for nb in nbs]
+    return write_summary(run, prof, ordered, reference)
 
 # %% ../nbs/14_reproduce.ipynb #32af286d
 def _comparison(prof:dict, results:list, recs:dict, reference:Path|str|None)->dict:

@@ -4,6 +4,7 @@
 
 # %% ../nbs/10a_trust.ipynb #1e022700
 from __future__ import annotations
+from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
@@ -23,8 +24,8 @@ __all__ = ['DEGRADATIONS', 'check_probabilities', 'check_classes', 'reliability_
            'plot_reliability', 'softmax', 'fit_temperature', 'logits_model', 'predict_logits', 'tta_logits', 'entropy',
            'spread', 'mc_dropout_logits', 'referable', 'retained_metrics', 'referral_curve', 'referral_gain',
            'check_alpha', 'conformity_scores', 'conformal_threshold', 'prediction_sets', 'coverage', 'coverage_band',
-           'refer_by_set', 'degrade', 'model_inputs', 'calibration_doc', 'save_calibration', 'read_calibration',
-           'calibrate', 'set_text', 'calibrated_columns']
+           'refer_by_set', 'degrade', 'model_inputs', 'calibration_doc', 'save_calibration', 'save_calibrated',
+           'read_calibration', 'calibrate', 'set_text', 'calibrated_columns']
 
 # %% ../nbs/10a_trust.ipynb #2e42a3b9
 def check_probabilities(probs, # (n, k) class probabilities, one row per eye
@@ -351,7 +352,10 @@ def model_inputs(paths, # photographs
     return np.stack(out).astype(np.float32)
 
 # %% ../nbs/10a_trust.ipynb #03841b4b
-from .models import grader_or_reference, load_meta, save_meta
+import re, shutil
+from .core import atomic_write
+from .registry import config_key, models_root
+from .models import Trained, grader_or_reference, load_meta, save_meta
 from .pipeline import make_dataset
 
 def calibration_doc(temperature:float, qhat:float, alpha:float, contiguous:bool=False, # the fitted values and what they promise
@@ -369,6 +373,22 @@ def save_calibration(model_folder, # the model's folder (model.keras and model.j
     m = load_meta(model_folder)
     return save_meta(model_folder, m['task'], m['image_size'], m['recipe'] or '', cutpoints=m['cutpoints'], thresholds=m['thresholds'],
                      config=m['config'], key=m['key'], history=m['history'], complete=m['complete'], **{**m['extra'], 'calibration': calibration})
+
+def save_calibrated(trained:Trained, # the grader the calibration was fitted for (left as it is)
+                    calibration:dict, # from calibration_doc
+                    root=None, # where model folders go (default: drbook.registry.models_root())
+                   )->Trained:
+    "A calibrated copy of `trained` in a folder of its own (keyed by the model and its calibration): a chapter never rewrites another chapter's model."
+    key = config_key({'model': trained.key or str(trained.folder), 'calibration': calibration})
+    name = re.sub(r'[^\w.-]+', '_', trained.name)
+    folder = Path(root or models_root())/f'{name}-calibrated-{key[:12]}'
+    m = load_meta(trained.folder)
+    meta = dict(cutpoints=m['cutpoints'], thresholds=m['thresholds'], config={**m['config'], 'calibrated_from': trained.key},
+                key=key, history=m['history'], **{**m['extra'], 'calibration': calibration})
+    save_meta(folder, m['task'], m['image_size'], m['recipe'] or '', complete=False, **meta)
+    atomic_write(folder/'model.keras', lambda tmp: shutil.copyfile(trained.folder/'model.keras', tmp))
+    save_meta(folder, m['task'], m['image_size'], m['recipe'] or '', **meta)
+    return Trained(f'{trained.name}-calibrated', folder, trained.model, load_meta(folder), key)
 
 def read_calibration(meta:dict)->dict|None:
     "The calibration a model's metadata (load_meta's dict) carries, or None when it was not calibrated."

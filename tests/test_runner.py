@@ -79,3 +79,19 @@ def test_a_profile_given_as_a_dict_is_validated_as_a_yaml_file_is(course, tmp_pa
         y = tmp_path/'toy.yaml'; y.write_text(json.dumps(bad))  # JSON is YAML: the same error from the file
         with pytest.raises(ValueError, match=named.replace('[', r'\[').replace(']', r'\]')): as_profile(str(y))
     assert not (tmp/'runs').exists()
+
+@pytest.mark.slow  # three tiny notebooks in kernels, two at a time: about 10 s
+def test_two_jobs_run_side_by_side_and_the_asking_notebook_waits_for_the_model_it_takes(course):
+    tmp, nbs = course
+    stamp = "import os, time\nfrom drbook.core import record\nrecord('{0}', [time.time(), os.environ['DRBOOK_NOTEBOOK']])\n"
+    tiny_nb(nbs/'08_x.ipynb', stamp.format('start') + "time.sleep(4)\n" + PUBLISH + "\nrecord('end', time.time())")
+    tiny_nb(nbs/'12_y.ipynb', stamp.format('start') + USE, params="model = ''")
+    tiny_nb(nbs/'13_z.ipynb', stamp.format('start'), params="model = ''")
+    prof = {'name': 'toy', 'parameters': {'12_y': {'model': '@08/VGG16-s1-adam'}}, 'timeout': 120, 'jobs': 2}
+    s = reproduce(prof, runs_root=tmp/'runs', nbs_dir=nbs, progress=False, log=lambda *a: None)
+    assert [(n['notebook'], n['status']) for n in s['notebooks']] == [('08_x', 'ok'), ('12_y', 'ok'), ('13_z', 'ok')]
+    r = s['records']
+    assert [r[nb]['start'][1] for nb in ('08_x', '12_y', '13_z')] == ['08_x', '12_y', '13_z']  # each kernel its own env
+    assert r['13_z']['start'][0] < r['08_x']['end']   # 13 needs nothing: it ran beside 08
+    assert r['12_y']['start'][0] > r['08_x']['end']   # 12 takes 08's model: it started once 08 had finished
+    assert r['12_y']['weights'] == 'VGG16-s1-adam' and r['12_y']['env'] == ['toy', '12_y']

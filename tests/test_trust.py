@@ -121,3 +121,22 @@ def test_degradations_are_seeded_and_grow_with_severity():
         assert np.array_equal(outs[0], T.degrade(img, kind, 1, seed=3))
         diffs = [np.abs(o.astype(float) - img).mean() for o in outs]
         assert diffs[0] < diffs[1] < diffs[2], (kind, diffs)
+
+
+def test_a_calibrated_copy_leaves_the_grader_untouched(tmp_path):
+    from drbook.models import Trained, load, load_meta, save_meta
+    from drbook.train import save_model
+    inp = keras.Input((8, 8, 3)); model = keras.Model(inp, keras.layers.Dense(5)(keras.layers.Flatten()(inp)))
+    src = tmp_path/'grader'; save_meta(src, 'multiclass', 8, '', config={'builder': 'toy'}, key='k1'); save_model(model, src/'model.keras')
+    before = (src/'model.json').read_bytes()
+    doc = T.calibration_doc(1.5, 0.8, 0.1, n_val=20)
+    cal = T.save_calibrated(Trained('grader', src, model, load_meta(src), 'k1'), doc, root=tmp_path/'models')
+    assert (src/'model.json').read_bytes() == before and T.read_calibration(load_meta(src)) is None
+    again = load(cal.folder)
+    assert T.read_calibration(again.meta) == doc and again.meta['config']['calibrated_from'] == 'k1' and again.key != 'k1'
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype('float32')
+    np.testing.assert_array_equal(again.model.predict(x, verbose=0), model.predict(x, verbose=0))
+    # the same calibration of the same model lands in the same folder; another calibration in another
+    assert T.save_calibrated(Trained('grader', src, model, load_meta(src), 'k1'), doc, root=tmp_path/'models').folder == cal.folder
+    other = T.save_calibrated(Trained('grader', src, model, load_meta(src), 'k1'), T.calibration_doc(2.0, 0.8, 0.1), root=tmp_path/'models')
+    assert other.folder != cal.folder
