@@ -33,8 +33,9 @@ check-sync: $(STAMP)
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers $(WORKERS) --timing
 
+# pytest-xdist: one test file per worker at a time (a file's module fixtures train once); TensorFlow keeps about one core busy
 pytest: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n $(WORKERS) --dist loadfile
 
 test: $(STAMP)
 	@start=$$(date +%s); \
@@ -45,7 +46,7 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	@start=$$(date +%s); \
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider -m 'not slow' && \
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n $(WORKERS) --dist loadfile -m 'not slow' && \
 	echo "make test-fast: passed in $$(( $$(date +%s) - start )) s (slow tests and notebooks: make test)"
 
 reproduce: $(STAMP)

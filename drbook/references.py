@@ -10,9 +10,9 @@ import numpy as np
 from .core import PROJECT_ROOT
 
 # %% auto #0
-__all__ = ['TOLERANCE_FACTOR', 'FAILING', 'flat_records', 'better_direction', 'measure_tolerances', 'reference_dir',
-           'reference_path', 'reference_from_run', 'run_summary', 'make_reference', 'check_value', 'compare_records',
-           'fmt_value', 'comparison_counts', 'comparison_table', 'counts_table', 'paper_rows']
+__all__ = ['TOLERANCE_FACTOR', 'MACHINE_FLOOR', 'FAILING', 'flat_records', 'better_direction', 'measure_tolerances',
+           'reference_dir', 'reference_path', 'reference_from_run', 'run_summary', 'make_reference', 'check_value',
+           'compare_records', 'fmt_value', 'comparison_counts', 'comparison_table', 'counts_table', 'paper_rows']
 
 # %% ../nbs/14b_references.ipynb #8aef417f
 def flat_records(records:dict # {notebook: {name: value}}, as in summary.json
@@ -29,6 +29,7 @@ def flat_records(records:dict # {notebook: {name: value}}, as in summary.json
 
 # %% ../nbs/14b_references.ipynb #661dede4
 TOLERANCE_FACTOR = 3.0  # a measured tolerance is this many times the spread (max - min) of the runs it was measured on
+MACHINE_FLOOR = {'unit': 0.02, 'percent': 2.0}  # the least tolerance of a model's score: another machine's rounding (see above)
 _LOWER = re.compile(r'loss|error|mae|mse|brier|deletion|seconds|failures', re.I)
 _TIMING = re.compile(r'run_time|seconds|_ms_per|_ms$|_s$')  # timings: they follow the machine and its load, not the code
 _HIGHER = re.compile(r'qwk|kappa|accuracy|auc|sensitivity|specificity|f1|precision|recall|dice|iou|pointing|insertion', re.I)
@@ -59,7 +60,7 @@ def measure_tolerances(named:dict, # {record: [its values in the runs]} of one n
     "{record: entry} with the reference value and a tolerance measured from the runs' spread (see the text above)."
     n_runs = n_runs or max(map(len, named.values()), default=0)
     spreads = {k: _spread(vs) for k, vs in named.items()}
-    varies = any(s['spread'] != 0 for s in spreads.values())  # a notebook whose results move from run to run
+    varies = any(s['spread'] != 0 for k, s in spreads.items() if not _TIMING.search(k))  # results that move from run to run
     pooled = {}  # per scale: the typical spread of the notebook's varying scalars (with three of them or more)
     for scale in ('unit', 'percent'):
         sp = [s['spread'] for k, s in spreads.items() if s['spread'] and not _nested(k) and not _TIMING.search(k) and _scale(named[k]) == scale]
@@ -72,8 +73,9 @@ def measure_tolerances(named:dict, # {record: [its values in the runs]} of one n
         elif s['spread'] is None: e.update(tolerance=None, note='a value the runs disagreed on: not checked')
         elif _TIMING.search(k): e.update(tolerance=None, note='a timing: it follows the machine and its load, so it is not checked')
         elif _nested(k) and varies: e.update(tolerance=None, note='a table cell of a notebook whose results vary from run to run: shown, not checked')
-        elif s['spread'] == 0 and (not varies or scale is None): e['tolerance'] = 0  # computed without chance, or a count
-        else: e['tolerance'] = float(f"{TOLERANCE_FACTOR * max(s['spread'], pooled.get(scale, 0.0)):.3g}")
+        elif s['spread'] == 0 and (not varies or scale is None):  # computed without chance, or a count: exact, but a score
+            e['tolerance'] = MACHINE_FLOOR[scale] if scale and e['better'] else 0
+        else: e['tolerance'] = float(f"{max(TOLERANCE_FACTOR * max(s['spread'], pooled.get(scale, 0.0)), MACHINE_FLOOR.get(scale, 0) if e['better'] else 0):.3g}")
         out[k] = e
     return out
 
@@ -127,9 +129,10 @@ def make_reference(runs:list, # run folders of one profile (several: tolerances 
             kept = old_nbs.get(nb, {}).get(k)
             if kept and not measure: e.update({x: kept[x] for x in ('tolerance', 'rtol', 'better', 'note') if x in kept})
     return {'profile': sums[0]['profile']['name'], 'updated': time.strftime('%Y-%m-%d'),
-            'runs': sorted({*(old or {}).get('runs', []), *(Path(s['run_dir']).name for s in sums)}),
-            'rule': f"value: the median of the runs; tolerance (absolute): 0 where the runs agree, else {TOLERANCE_FACTOR:g} x the "
-                    "larger of the record's spread (max - min) and, for values in [-1, 1], the median spread of the notebook's "
+            'runs': sorted({*([] if measure else (old or {}).get('runs', [])), *(Path(s['run_dir']).name for s in sums)}),
+            'rule': f"value: the median of the runs; tolerance (absolute): 0 where the runs agree (a model's score "
+                    f"in [-1, 1] or in percent: {MACHINE_FLOOR['unit']:g} or {MACHINE_FLOOR['percent']:g} points, for another machine's rounding), "
+                    f"else {TOLERANCE_FACTOR:g} x the larger of the record's spread (max - min) and, for values in [-1, 1], the median spread of the notebook's "
                     "varying scalar records in [-1, 1]; null (not checked): timings, values the runs disagreed on that are "
                     "not numbers, and table cells that vary",
             'notebooks': dict(sorted(nbs.items()))}

@@ -246,6 +246,11 @@ def test_the_sample_reference_covers_every_chapter_with_measured_tolerances():
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in e['runs']):
                 assert e['tolerance'] >= max(e['runs']) - min(e['runs']), (nb, k)
     assert checked >= 200, checked  # the headline figures of every chapter, and everything computed without training
+    # tight enough to catch a model that got worse: 0.03 off 07's test QWK, 3 points off 09's accuracies
+    nbs = ref['notebooks']
+    assert 0 < nbs['07_scratch_cnn']['test_qwk_sample']['tolerance'] < 0.03, nbs['07_scratch_cnn']['test_qwk_sample']
+    acc = {k: e['tolerance'] for k, e in nbs['09_fine_tuning'].items() if k.startswith('test_accuracy')}
+    assert acc and all(t is not None and t < 3 for t in acc.values()), acc
 
 @pytest.mark.slow  # the real-data profile: data, preprocessing, scratch CNN, Grad-CAM and lesion chapters on IDRiD (minutes)
 def test_the_idrid_mini_profile_runs_real_photographs_through_the_course_and_matches_its_reference(idrid_root, tmp_path):
