@@ -169,7 +169,7 @@ def test_a_reference_value_edited_beyond_its_tolerance_fails_the_run_naming_the_
     r = drbook('reference', '--update', str(_run_dirs(tmp/'runs')[0]), '--out', str(other))
     assert r.returncode == 2 and "is the reference of profile 'sample', not of these runs' 'p'" in r.stderr, r.stderr
     data = json.loads(ref.read_text())
-    assert data['notebooks']['00_first']['qwk'] == {'value': 0.5, 'tolerance': 0.0, 'better': 'higher', 'runs': [0.5, 0.5]}
+    assert data['notebooks']['00_first']['qwk'] == {'value': 0.5, 'tolerance': 0.02, 'better': 'higher', 'runs': [0.5, 0.5]}  # a score: another machine's margin
     r = drbook('reproduce', '--profile', str(prof), '--nbs', str(nbs), '--runs', str(tmp/'runs2'), '--reference', str(ref))
     assert r.returncode == 0, r.stderr
     assert 'Against the reference' in r.stdout and '| 00_first | 1 | 0 |' in r.stdout  # the per-notebook table: 1 ok
