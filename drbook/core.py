@@ -9,7 +9,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
 import joblib
-from tqdm.auto import tqdm
+try:  # tqdm.auto draws a widget in Jupyter only when ipywidgets is there, and warns when it is not
+    import ipywidgets  # noqa: F401
+    from tqdm.auto import tqdm
+except ImportError: from tqdm.std import tqdm  # text bars: in a terminal, and in a notebook or the book without widgets
 try: import fcntl  # POSIX file locks
 except ImportError: fcntl = None
 

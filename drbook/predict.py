@@ -11,9 +11,8 @@ import pandas as pd
 import keras
 import tensorflow as tf
 from PIL import Image
-from tqdm.auto import tqdm
 from . import __version__
-from .core import GRADES, REFERABLE_FROM, atomic_write
+from .core import GRADES, REFERABLE_FROM, atomic_write, tqdm
 from .data import IMAGE_EXTS
 from .preprocess import ImageReadError, get_recipe, preprocess_image, read_fundus
 from .tasks import get_task, referable_score, scores_to_grades

@@ -133,7 +133,7 @@ def fit_temperature(logits_val, # (n, k) logits of the validation split
 def logits_model(model:keras.Model # a drbook model ending in `drbook.tasks.output_layer`
                 )->keras.Model:
     "A model sharing `model`'s layers that outputs its logits (the `Dense` named 'logits', before the activation)."
-    return keras.Model(model.inputs, logits_layer(model).output, name=f'{model.name}_logits')
+    return keras.Model(model.input, logits_layer(model).output, name=f'{model.name}_logits')  # called with one tensor, as `model` is
 
 def predict_logits(model:keras.Model, # a drbook model
                    dataset, # tf.data batches of images, or of (image, target) pairs
