@@ -15,7 +15,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from .core import N_GRADES, atomic_write, seed_everything
 from .tasks import (TASKS, check_scores, check_task, class_scores, output_layer, scores_to_grades, table_grades)
 from .metrics import check_pair, confusion_matrix
-from .registry import parse_reference, table_fingerprint
+from .registry import parse_reference, published_name, table_fingerprint
 from .splits import prepare_splits
 from .pipeline import make_dataset
 from .scratch import build_scratch_cnn
@@ -233,6 +233,7 @@ def member_name(model:str|Path, # '@08/InceptionV3-s1-adam', or a model folder /
                )->str:
     "A member name (letters, digits, _ or -) for a model reference or folder: '@08/InceptionV3-s1-adam' -> '08_InceptionV3-s1-adam'."
     ref = parse_reference(model)
+    if ref is None and (published := published_name(model)): ref = published.split('/', 1)  # a published folder: its name
     p = Path(model)
     text = f'{ref[0]}_{ref[1]}' if ref else (p.parent.name if p.suffix == '.keras' else p.name)
     return re.sub(r'[^A-Za-z0-9_-]+', '_', text).strip('_') or 'member'

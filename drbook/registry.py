@@ -12,7 +12,7 @@ from .core import atomic_write, cache_dir, profile_name, run_dir, runs_dir
 
 # %% auto #0
 __all__ = ['TABLE_KEY_COLUMNS', 'INDEX_FILE', 'REFERENCE', 'config_key', 'table_fingerprint', 'models_root', 'index_folder',
-           'read_index', 'publish', 'parse_reference', 'find_run', 'resolve_reference']
+           'read_index', 'publish', 'parse_reference', 'find_run', 'resolve_reference', 'published_name']
 
 # %% ../nbs/06a_registry.ipynb #9e499fda
 def _plain(v):
@@ -143,3 +143,13 @@ def resolve_reference(value:str|Path, # '@08/name', a model folder, or a `.keras
                 f"by chapters run by hand ({models_root()}) nor in a run of profile {profile_name()!r}"
         raise LookupError(f"{value}: no model of chapter {chapter} is published {where}; run chapter {chapter} first")
     raise LookupError(f"{value}: chapter {chapter} published no model {name!r}; it published: {', '.join(names)}")
+
+def published_name(folder:Path|str, # a model folder (or its .keras file)
+                  )->str|None:
+    "The name a model folder was published under ('08/InceptionV3-s1-adam'), from the nearest index above it; None if none."
+    folder = Path(folder).resolve(); folder = folder.parent if folder.suffix == '.keras' else folder
+    for place in folder.parents:
+        if (place/INDEX_FILE).is_file():
+            names = [n for n, e in read_index(place).items() if Path(e['folder']) == folder]
+            if names: return sorted(names)[0]
+    return None
