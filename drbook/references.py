@@ -129,7 +129,8 @@ def make_reference(runs:list, # run folders of one profile (several: tolerances 
             kept = old_nbs.get(nb, {}).get(k)
             if kept and not measure: e.update({x: kept[x] for x in ('tolerance', 'rtol', 'better', 'note') if x in kept})
     return {'profile': sums[0]['profile']['name'], 'updated': time.strftime('%Y-%m-%d'),
-            'runs': sorted({*([] if measure else (old or {}).get('runs', [])), *(Path(s['run_dir']).name for s in sums)}),
+            'runs': sorted({*([] if measure and set(old_nbs) <= set(values) else (old or {}).get('runs', [])),  # runs still behind a record
+                            *(Path(s['run_dir']).name for s in sums)}),
             'rule': f"value: the median of the runs; tolerance (absolute): 0 where the runs agree (a model's score "
                     f"in [-1, 1] or in percent: {MACHINE_FLOOR['unit']:g} or {MACHINE_FLOOR['percent']:g} points, for another machine's rounding), "
                     f"else {TOLERANCE_FACTOR:g} x the larger of the record's spread (max - min) and, for values in [-1, 1], the median spread of the notebook's "
