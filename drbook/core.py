@@ -151,7 +151,7 @@ def imap_chunked(fn, # a function of one item: module-level, or defined in a not
                 ):
     "Yield `(i, fn(items[i]))` as results arrive, computed in chunks by `workers` joblib (loky) processes."
     items = list(items); workers = default_workers() if workers is None else workers
-    with tqdm(total=len(items), desc=desc, disable=not progress, leave=False) as bar:
+    with tqdm(total=len(items), desc=desc, disable=not progress or not items, leave=False) as bar:  # no bar for no work
         if workers <= 1 or len(items) <= 1:  # in this process: no start-up cost, easiest to debug
             for i, x in enumerate(items): yield i, fn(x); bar.update()
             return

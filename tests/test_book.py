@@ -74,3 +74,12 @@ def test_book_from_a_small_run(tmp_path):
     core = (html/'api'/'core.html').read_text(encoding='utf-8')
     assert 'work_dir' in core and 'record' in core
     assert (html/'run_summary.html').exists() and (html/'search.html').exists()
+
+def test_progress_bars_show_their_last_state_and_tensorflow_logs_are_dropped():
+    bb = _build_book()
+    bar = 'preprocess:   0%|          | 0/4\rpreprocess:  50%|#####     | 2/4\rpreprocess: 100%|##########| 4/4\n'
+    gone = 'synthetic:   0%|          | 0/5\rsynthetic: 100%|##########| 5/5\r                                \r'  # leave=False
+    outs = bb._quiet([nbformat.v4.new_output('stream', name='stderr', text=bar + gone + 'UserWarning: masks: 1 of 3 are empty\n'),
+                      nbformat.v4.new_output('stream', name='stderr', text=gone + 'I0000 00:00:1796012289.286951    4866 port.cc:153] oneDNN\n'),
+                      nbformat.v4.new_output('stream', name='stdout', text='kept as it is\r\n')])
+    assert [o.text for o in outs] == ['preprocess: 100%|##########| 4/4\nUserWarning: masks: 1 of 3 are empty\n', 'kept as it is\r\n']

@@ -80,12 +80,17 @@ def run_chapters(run:Path)->list:
 NOISE = re.compile(r'^(?:[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]|WARNING: All log messages before absl::InitializeLog'
                    r'|To enable the following instructions: )')  # TensorFlow's C++ start-up log lines
 
+def _settled(text:str)->str:
+    "`text` as a terminal leaves it: of each line rewritten with carriage returns (a progress bar), its last state."
+    last = (l.rstrip('\r').rsplit('\r', 1)[-1].rstrip() for l in text.split('\n'))
+    return ''.join(l + '\n' for l in last if l.strip())
+
 def _quiet(outputs:list)->list:
-    "`outputs` without TensorFlow's C++ log lines on stderr (streams left empty are dropped)."
+    "`outputs` without TensorFlow's C++ log lines on stderr, progress bars at their last state (streams left empty are dropped)."
     kept = []
     for o in outputs:
         if o.get('output_type') == 'stream' and o.get('name') == 'stderr':
-            o.text = ''.join(l for l in o.text.splitlines(keepends=True) if not NOISE.match(l))
+            o.text = ''.join(l for l in _settled(o.text).splitlines(keepends=True) if not NOISE.match(l))
             if not o.text.strip(): continue
         kept.append(o)
     return kept
