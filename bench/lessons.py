@@ -17,12 +17,15 @@ chapter 07's sample grader (`drbook.models.quick_grader`: the 'sample' CNN, 64 p
 Intervals: 95 % percentile bootstrap, resampling patients (both eyes of a drawn patient together, as the eyes of one
 patient are alike), drbook's bootstrap helpers (metrics.resampled_confusions, qwk_of_confusions, rank_auc).
 `reached` judges the point estimate; `interval` says whether the whole interval lies on the target's side.
+The default seed is 2027: data_samples/ was drawn with 2026 (drbook.synthetic.SAMPLES), and a cohort with that seed
+would redraw its eyes (the same per-image seeds), so the script refuses it.
+About 40 s on 2 CPU cores with nothing cached (cohort drawn, both graders trained), about 10 s after.
 
 Usage: python bench/lessons.py [--n-per-grade 60] [--seed 2027] [--sizes 64,128] [--n-explain 60] [--n-boot 2000]
 """
 import argparse, os, time, warnings
+from contextlib import contextmanager
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-from pathlib import Path
 import numpy as np
 import pandas as pd
 
@@ -33,13 +36,11 @@ QWK_TARGET, POINTING_TARGET = 0.90, 0.80
 class Clock:
     "Wall time of each named step, printed as it ends."
     def __init__(self): self.steps, self.t0 = [], time.perf_counter()
+    @contextmanager
     def step(self, name):
-        clock = self
-        class _Step:
-            def __enter__(s): print(f'... {name}', flush=True); s.t = time.perf_counter()
-            def __exit__(s, *exc):
-                dt = time.perf_counter() - s.t; clock.steps.append((name, dt)); print(f'    done in {dt:.1f} s', flush=True)
-        return _Step()
+        print(f'... {name}', flush=True); t = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t; self.steps.append((name, dt)); print(f'    done in {dt:.1f} s', flush=True)
     def total(self): return time.perf_counter() - self.t0
 
 
