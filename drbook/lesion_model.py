@@ -10,7 +10,7 @@ from .scratch import build_scratch_cnn
 from .transfer import build_model, conv_head
 from .train import compile_for
 from .finetune import fine_tune, s4_schedule
-from .models import Trained, fit_or_load, load_meta, save_meta
+from .models import Trained, fit_or_load, load_meta, update_meta
 
 # %% auto #0
 __all__ = ['lesion_model', 'train_lesion_model', 'keep_thresholds']
@@ -58,8 +58,6 @@ def keep_thresholds(trained:Trained, # the lesion model (the last of train_lesio
                     thresholds, # one threshold per label, from drbook.lesions.fit_thresholds
                    )->Trained:
     "`trained` with its per-label thresholds written into its model.json, where `drbook predict` reads them."
-    m = trained.meta
-    save_meta(trained.folder, m['task'], m['image_size'], m['recipe'] or '', thresholds=thresholds, config=m['config'],
-              key=m['key'], history=m['history'], complete=True, **m['extra'])
+    update_meta(trained.folder, thresholds=thresholds, complete=True)
     trained.meta = load_meta(trained.folder)
     return trained

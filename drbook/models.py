@@ -21,7 +21,8 @@ from .registry import config_key, table_fingerprint, models_root, publish as pub
 
 # %% auto #0
 __all__ = ['META_FORMAT', 'META_FILE', 'TRAINING_CODE', 'CONFIG_NEEDS', 'meta_file', 'save_meta', 'load_meta', 'Trained',
-           'model_key', 'fit_or_load', 'load', 'publish', 'quick_grader', 'grader_or_reference']
+           'model_folder', 'update_meta', 'model_key', 'fit_or_load', 'load', 'publish', 'quick_grader',
+           'grader_or_reference']
 
 # %% ../nbs/06b_models.ipynb #e55b8497
 META_FORMAT = 2  # version of model.json's fields (1: drbook 0.1, without config, key and history)
@@ -109,6 +110,24 @@ class Trained:
 
 def _slug(name:str)->str: return re.sub(r'[^\w.-]+', '_', name).strip('_') or 'model'
 
+# %% ../nbs/06b_models.ipynb #fd90aa37
+def model_folder(name:str, # readable name, the folder's prefix (e.g. 'exp5')
+                 key:str, # the model's key
+                 root:Path|str|None=None, # where model folders go (default: models_root())
+                )->Path:
+    "The folder of the model `name` with `key`: `<root>/<name>-<first 12 characters of the key>`."
+    return Path(root or models_root())/f'{_slug(name)}-{key[:12]}'
+
+def update_meta(model:Path|str, # a model folder (or its `.keras` file)
+                dest:Path|str|None=None, # write the changed model.json into this folder instead (a copy's); None: in place
+                **changes, # save_meta's arguments to change (thresholds, config, key, complete, …); other names join `extra`
+               )->Path:
+    "Write `model`'s model.json with `changes`, every other field kept as it is."
+    m = load_meta(model)
+    kept = dict(task=m['task'], image_size=m['image_size'], recipe=m['recipe'] or '', cutpoints=m['cutpoints'],
+                thresholds=m['thresholds'], config=m['config'], key=m['key'], history=m['history'], complete=m['complete'], **m['extra'])
+    return save_meta(dest or model, **{**kept, **changes})
+
 # %% ../nbs/06b_models.ipynb #4fdfe025
 def model_key(config:dict, # everything that made the model (see CONFIG_NEEDS)
               tables:dict, # {split: table} it is trained and validated on
@@ -144,7 +163,7 @@ def fit_or_load(name:str, # readable name, the folder's prefix (e.g. 'exp5')
     cw = None if class_weight is None else {int(k): float(v) for k, v in (class_weight.items() if hasattr(class_weight, 'items') else enumerate(class_weight))}
     key, full = model_key(config, tables, task=get_task(task).name, epochs=epochs, patience=patience, class_weight=cw,
                           monitor=monitor, reduce_lr=reduce_lr)
-    folder = Path(root or models_root())/f'{_slug(name)}-{key[:12]}'
+    folder = model_folder(name, key, root)
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder/'.lock'):  # another process training the same model: wait, then load its result
         if (done := _reuse(folder, name, key)):

@@ -14,7 +14,7 @@ from .core import PROJECT_ROOT, data_dir
 __all__ = ['PROFILE_KEYS', 'DATASET_READERS', 'RUNNER_NOTEBOOKS', 'IMAGE_READERS', 'DATA_SOURCE_MODULES', 'profiles_dir',
            'list_profiles', 'validate_profile', 'load_profile', 'as_profile', 'dataset_root', 'read_dataset',
            'chapter_notebooks', 'declared_parameters', 'image_readers', 'reads_images', 'notebook_parameters',
-           'check_table_csv', 'check_parameters', 'model_references', 'check_model_references']
+           'check_table_csv', 'check_parameters', 'model_references', 'check_model_references', 'model_dependencies']
 
 # %% ../nbs/14a_profiles.ipynb #2dc7343f
 PROFILE_KEYS = {'description', 'require_gpu', 'expected_time', 'datasets', 'notebooks', 'parameters', 'timeout', 'jobs', 'paper'}
@@ -244,6 +244,7 @@ def model_references(nb_path:Path, # a chapter notebook
     return {k: ref for k, v in items if (ref := registry.parse_reference(v))}
 
 def _is_chapter(stem:str, chapter:str)->bool: return stem == chapter or stem.startswith(f'{chapter}_')
+def _of_chapter(stems:list, chapter:str)->list: return [s for s in stems if _is_chapter(s, chapter)]
 
 def check_model_references(nbs:list, # the notebooks the run executes, in order
                            profile:dict, # a loaded profile
@@ -252,12 +253,20 @@ def check_model_references(nbs:list, # the notebooks the run executes, in order
     stems, problems = [Path(p).stem for p in nbs], []
     for i, nb in enumerate(map(Path, nbs)):
         for k, (chapter, name) in model_references(nb, profile).items():
-            if any(_is_chapter(s, chapter) for s in stems[:i]): continue
+            if _of_chapter(stems[:i], chapter): continue
             asks = f"{nb.stem} takes {k}='@{chapter}/{name}'"
-            if later := [s for s in stems[i:] if _is_chapter(s, chapter)]:
+            if later := _of_chapter(stems[i:], chapter):
                 problems.append(f"{asks}, but chapter {chapter} ({later[0]}) runs after {nb.stem} in this run; "
                                 f"a model is taken from a chapter that runs before the one asking for it")
             elif registry.find_run(chapter, profile=profile['name']) is None:
                 problems.append(f"{asks}, but chapter {chapter} is not in this run and no earlier run of profile "
                                 f"{profile['name']!r} published a model of it; add chapter {chapter} to the run")
     if problems: raise ValueError(f"profile {profile['name']!r}: " + '; '.join(problems))
+
+def model_dependencies(nbs:list, # the notebooks the run executes, in order
+                       profile:dict, # a loaded profile
+                      )->dict:
+    "`{notebook stem: stems of the earlier notebooks whose models it takes}`: what must finish before it starts."
+    stems = [Path(p).stem for p in nbs]
+    return {s: {d for ch, _ in model_references(Path(nb), profile).values() for d in _of_chapter(stems[:i], ch)}
+            for i, (s, nb) in enumerate(zip(stems, nbs))}

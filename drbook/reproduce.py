@@ -13,7 +13,7 @@ from jupyter_client.manager import AsyncKernelManager
 from . import data, registry
 from .core import read_records, require_gpu, runs_dir
 from .profiles import (as_profile, chapter_notebooks, check_model_references, check_parameters, check_table_csv,
-                             dataset_root, model_references, notebook_parameters, read_dataset, _is_chapter)
+                             dataset_root, model_dependencies, notebook_parameters, read_dataset)
 from .references import FAILING, comparison_table, compare_records, counts_table, fmt_value, paper_rows, reference_path
 
 # %% auto #0
@@ -154,11 +154,6 @@ def reproduce(profile:str|dict='sample', # profile name, YAML path, or a profile
         return _reproduce(prof, chapter_notebooks(nbs_dir, only or prof['notebooks'] or None), nbs_dir, keep_going, kernel,
                           log, verbose, progress, reference, jobs or prof['jobs'])
 
-def _needs(nbs:list, prof:dict)->dict:
-    "`{notebook stem: stems of the notebooks of this run whose models it takes}`: what must finish before it starts."
-    stems = [nb.stem for nb in nbs]
-    return {nb.stem: {s for ch, _ in model_references(nb, prof).values() for s in stems[:i] if _is_chapter(s, ch)} for i, nb in enumerate(nbs)}
-
 def _reproduce(prof, nbs, nbs_dir, keep_going, kernel, log, verbose, progress, reference, jobs=1)->dict:
     "`reproduce` once the profile is read: the checks before any work, then the notebooks, `jobs` at a time."
     check_parameters(prof, nbs_dir)
@@ -172,7 +167,7 @@ def _reproduce(prof, nbs, nbs_dir, keep_going, kernel, log, verbose, progress, r
     csvs.update({f'@{n}:root': str(dataset_root(spec)) for n, spec in prof['datasets'].items()})
     if progress is None: progress = sys.stderr.isatty() and jobs == 1  # one bar at a time
     log(f"drbook reproduce: profile {prof['name']!r}, {len(nbs)} notebooks, run folder {run}" + (f", {jobs} at a time" if jobs > 1 else ''))
-    needs, results, state = _needs(nbs, prof), {}, {'failed': False}
+    needs, results, failed = model_dependencies(nbs, prof), {}, False
 
     def run_one(nb:Path, res:NotebookResult, klog)->NotebookResult:
         t0 = time.time()
@@ -185,21 +180,21 @@ def _reproduce(prof, nbs, nbs_dir, keep_going, kernel, log, verbose, progress, r
 
     with open(run/'reproduce.log', 'a', encoding='utf-8') as klog, logs_to(run/'reproduce.log', verbose), \
          ThreadPoolExecutor(max_workers=jobs) as pool:
-        pending, running = list(nbs), {}
+        pending, running = list(nbs), set()
         while pending or running:
             for nb in list(pending):  # start, in order, each notebook whose models are ready, while a slot is free
-                if len(running) >= jobs or (state['failed'] and not keep_going): break
+                if len(running) >= jobs or (failed and not keep_going): break
                 if needs[nb.stem] - set(results): continue
                 pending.remove(nb)
                 res = NotebookResult(nb.stem, output=str(run/'notebooks'/nb.name))
                 used, res.unused_parameters = notebook_parameters(nb, prof)
                 res.parameters = {k: csvs.get(v, v) if isinstance(v, str) else v for k, v in used.items()}
-                running[pool.submit(run_one, nb, res, klog)] = nb
+                running.add(pool.submit(run_one, nb, res, klog))
             if not running: break  # a failure stopped the run: what is left is skipped
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
-                res = f.result(); del running[f]; results[res.notebook] = res
-                state['failed'] |= res.status == 'failed'
+                res = f.result(); results[res.notebook] = res
+                failed |= res.status == 'failed'
                 note = res.error or ('not passed: ' + ', '.join(res.unused_parameters) if res.unused_parameters else '')
                 log(f"  {res.notebook:<24} {res.status:<7} {res.seconds:7.1f} s" + (f"  {note}" if note else ''))
     ordered = [results.get(nb.stem) or NotebookResult(nb.stem, status='skipped', output=str(run/'notebooks'/nb.name)) for nb in nbs]

@@ -4,7 +4,6 @@
 
 # %% ../nbs/10a_trust.ipynb #1e022700
 from __future__ import annotations
-from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
@@ -352,10 +351,10 @@ def model_inputs(paths, # photographs
     return np.stack(out).astype(np.float32)
 
 # %% ../nbs/10a_trust.ipynb #03841b4b
-import re, shutil
+import shutil
 from .core import atomic_write
-from .registry import config_key, models_root
-from .models import Trained, grader_or_reference, load_meta, save_meta
+from .registry import config_key
+from .models import Trained, grader_or_reference, load_meta, model_folder, update_meta
 from .pipeline import make_dataset
 
 def calibration_doc(temperature:float, qhat:float, alpha:float, contiguous:bool=False, # the fitted values and what they promise
@@ -370,9 +369,7 @@ def save_calibration(model_folder, # the model's folder (model.keras and model.j
                      calibration:dict, # from calibration_doc
                     ):
     "Rewrite the model's model.json with `calibration` added under `extra` (every other field kept)."
-    m = load_meta(model_folder)
-    return save_meta(model_folder, m['task'], m['image_size'], m['recipe'] or '', cutpoints=m['cutpoints'], thresholds=m['thresholds'],
-                     config=m['config'], key=m['key'], history=m['history'], complete=m['complete'], **{**m['extra'], 'calibration': calibration})
+    return update_meta(model_folder, calibration=calibration)
 
 def save_calibrated(trained:Trained, # the grader the calibration was fitted for (left as it is)
                     calibration:dict, # from calibration_doc
@@ -380,14 +377,11 @@ def save_calibrated(trained:Trained, # the grader the calibration was fitted for
                    )->Trained:
     "A calibrated copy of `trained` in a folder of its own (keyed by the model and its calibration): a chapter never rewrites another chapter's model."
     key = config_key({'model': trained.key or str(trained.folder), 'calibration': calibration})
-    name = re.sub(r'[^\w.-]+', '_', trained.name)
-    folder = Path(root or models_root())/f'{name}-calibrated-{key[:12]}'
-    m = load_meta(trained.folder)
-    meta = dict(cutpoints=m['cutpoints'], thresholds=m['thresholds'], config={**m['config'], 'calibrated_from': trained.key},
-                key=key, history=m['history'], **{**m['extra'], 'calibration': calibration})
-    save_meta(folder, m['task'], m['image_size'], m['recipe'] or '', complete=False, **meta)
+    folder = model_folder(f'{trained.name}-calibrated', key, root)
+    changes = dict(config={**trained.meta['config'], 'calibrated_from': trained.key}, key=key, calibration=calibration)
+    update_meta(trained.folder, folder, **changes, complete=False)  # first: a model.keras never lacks its model.json
     atomic_write(folder/'model.keras', lambda tmp: shutil.copyfile(trained.folder/'model.keras', tmp))
-    save_meta(folder, m['task'], m['image_size'], m['recipe'] or '', **meta)
+    update_meta(trained.folder, folder, **changes, complete=True)
     return Trained(f'{trained.name}-calibrated', folder, trained.model, load_meta(folder), key)
 
 def read_calibration(meta:dict)->dict|None:
