@@ -8,19 +8,21 @@ import warnings
 import numpy as np
 import pandas as pd
 from . import core
-from .data import check_errors, load_table, problem_report, read_samples
+from .data import check_errors, load_table, problem_report
 from .preprocess import preprocess_dataset
+from .synthetic import sample_table
 
 # %% auto #0
-__all__ = ['load_graded', 'split_table', 'prepare_splits', 'balance', 'class_weights', 'label_pos_weights']
+__all__ = ['SPLITS', 'load_graded', 'split_table', 'own_splits', 'assign_splits', 'prepare_splits', 'balance', 'class_weights',
+           'label_pos_weights']
 
 # %% ../nbs/03b_splits.ipynb #7e186dc3
-def load_graded(table_csv:str='', # a canonical table CSV (drbook.data.save_table); '': the synthetic samples
+def load_graded(table_csv:str='', # a canonical table CSV (drbook.data.save_table); '': the course's sample data
                 max_images:int=0, # at most this many images, the same share of each grade; 0: all
                 seed:int=42, # seed of the subsample
                )->pd.DataFrame:
-    "The graded rows of the table in `table_csv` (or of the synthetic samples), optionally subsampled per grade."
-    table = load_table(table_csv) if table_csv else read_samples()
+    "The graded rows of the table in `table_csv` (or of the sample data), optionally subsampled per grade."
+    table = load_table(table_csv) if table_csv else sample_table()  # data_samples/ and the test cohort (chapter 02)
     table = table[table['grade'].notna()]
     if len(table) == 0: raise ValueError(f"{table_csv or 'the synthetic samples'}: no row has an ICDR grade")
     if max_images and len(table) > max_images:  # the same share of each grade
@@ -63,6 +65,44 @@ def split_table(table:pd.DataFrame, # a canonical table
         v = counts[g]; k = int(np.argmin(((2 * (have - target) + v) * v * w).sum(1))); have[k] += v; part[g] = k
     return tuple(table.iloc[np.flatnonzero(part[gid] == k)] for k in range(len(fractions)))
 
+# %% ../nbs/03b_splits.ipynb #da7bc355
+SPLITS = ('train', 'val', 'test')  # the splits of prepare_splits, in order; a table's own 'val' and 'test' rows stay there
+
+def own_splits(table:pd.DataFrame, # a canonical table, with or without a `split` column
+               group:str='patient', # a patient's rows stay together: the others follow its marked rows
+              )->pd.Series:
+    "Each row's split as the table gives it: 'val' or 'test' from its `split` column (its patient's other rows follow), else NA."
+    given = table['split'] if 'split' in table else pd.Series(pd.NA, index=table.index, dtype=object)
+    given, gid = given.astype(object).where(given.notna(), None), _group_ids(table, group)
+    marks = pd.Series(given.to_numpy()).groupby(gid).agg(lambda s: set(s.dropna()))
+    mixed = [g for g, m in marks.items() if 'test' in m and len(m) > 1]
+    if mixed:
+        g = mixed[0]; row = int(np.flatnonzero(gid == g)[0])
+        raise ValueError(f"{group} {table[group].iloc[row]!r} (row {row}) has rows marked {sorted(marks[g])} in the split "
+                         f"column: a {group}'s rows belong to one split ({len(mixed)} such)")
+    fixed = marks.map(lambda m: 'test' if 'test' in m else 'val' if 'val' in m else None)
+    return pd.Series(fixed.to_numpy()[gid], index=table.index, dtype=object)
+
+def assign_splits(table:pd.DataFrame, # a canonical table
+                  fractions:tuple|str=(0.7, 0.15, 0.15), # shares of train, val (and test), or a preset such as '90/10'
+                  seed:int=42, # seed of the split
+                  own_split:bool=True, # keep the rows the table's `split` column marks 'val' or 'test' there
+                 )->dict:
+    "`{split: table}`: the table's own val/test rows kept, the others split by patient and grade among the other splits."
+    fractions = _fractions(fractions)
+    names = list(SPLITS[:len(fractions)])
+    fixed = own_splits(table) if own_split else pd.Series(None, index=table.index, dtype=object)
+    names += [s for s in SPLITS if s not in names and (fixed == s).any()]  # e.g. '90/10' and a given test set
+    free_names = [n for n in names[:len(fractions)] if not (fixed == n).any()]
+    parts, free = {n: table[fixed == n] for n in names}, table[fixed.isna()]
+    if len(free) and not free_names: raise ValueError(f'the split column fills every split: {len(free)} unmarked rows have none left')
+    if len(free_names) == 1: parts[free_names[0]] = free
+    elif free_names:
+        shares = [fractions[names.index(n)] for n in free_names]
+        if len(free_names) < len(fractions): shares = [s / sum(shares) for s in shares]  # renormalised over what is left
+        parts.update(zip(free_names, split_table(free, tuple(shares), seed=seed)))
+    return {n: parts[n] for n in names}
+
 # %% ../nbs/03b_splits.ipynb #9efc84fe
 def prepare_splits(table:pd.DataFrame, # graded rows, e.g. from `load_graded`
                    recipe:str='', # a preprocessing recipe ('graham', 's3', …); '': none
@@ -70,6 +110,7 @@ def prepare_splits(table:pd.DataFrame, # graded rows, e.g. from `load_graded`
                    fractions:tuple=(0.7, 0.15, 0.15), # shares of the train, val and test splits
                    seed:int=42, # seed of the split
                    errors:str='report', # 'report': unreadable images leave the splits and go to the report; 'raise'
+                   own_split:bool=True, # keep the rows the table's `split` column marks 'val' or 'test' there (assign_splits)
                   )->tuple:
     "`({'train', 'val', 'test'}: tables, report)`: preprocessed (cached) and split by patient, stratified by grade."
     check_errors(errors)  # checked whether or not a recipe reads the images
@@ -77,7 +118,7 @@ def prepare_splits(table:pd.DataFrame, # graded rows, e.g. from `load_graded`
     if recipe:
         table, failures = preprocess_dataset(table, recipe, size=image_size, errors=errors)
         table = table[table['preprocessed_path'].notna()].reset_index(drop=True)  # failures are reported, not dropped silently
-    return dict(zip(('train', 'val', 'test'), split_table(table, fractions, seed=seed))), failures
+    return assign_splits(table, fractions, seed, own_split), failures
 
 # %% ../nbs/03b_splits.ipynb #7237decb
 def balance(table:pd.DataFrame, # a table (usually the training split)

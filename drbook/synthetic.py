@@ -11,16 +11,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from .core import GRADES, LESIONS, LESION_COLOURS, PROJECT_ROOT, atomic_write
-from .data import MANIFEST, load_table, read_manifest, save_table, sha256_file
+from .core import GRADES, LESIONS, LESION_COLOURS, PROJECT_ROOT, atomic_write, cache_dir, file_lock
+from .data import MANIFEST, load_table, read_manifest, read_samples, save_table, sha256_file
 from .core import imap_chunked
 
 # %% auto #0
 __all__ = ['LESION_TYPES', 'MASK_TYPES', 'SEVERE_HE_PER_QUADRANT', 'SAMPLES', 'NOTICE', 'FRAMES', 'SUPER', 'README',
-           'sample_patient', 'sample_geometry', 'fov_mask', 'fov_clearance', 'sample_vessels', 'draw_lesion',
-           'sample_lesions', 'haemorrhages_per_quadrant', 'icdr_grade', 'dme_risk', 'Realism', 'sample_camera',
-           'apply_camera', 'sample_scene', 'render_scene', 'make_fundus', 'overlay_masks', 'sample_cohort',
-           'write_sample', 'dataset_files', 'write_manifest', 'check_manifest', 'build_samples', 'main']
+           'TEST_COHORT', 'sample_patient', 'sample_geometry', 'fov_mask', 'fov_clearance', 'sample_vessels',
+           'draw_lesion', 'sample_lesions', 'haemorrhages_per_quadrant', 'icdr_grade', 'dme_risk', 'Realism',
+           'sample_camera', 'apply_camera', 'sample_scene', 'render_scene', 'make_fundus', 'overlay_masks',
+           'sample_cohort', 'write_sample', 'dataset_files', 'write_manifest', 'check_manifest', 'build_samples',
+           'main', 'cached_cohort', 'sample_table']
 
 # %% ../nbs/02_synthetic.ipynb #650985c1
 LESION_TYPES = (*LESIONS, 'NV')  # MA, HE, EX, SE and NV (new vessels or pre-retinal haemorrhage)
@@ -689,3 +690,29 @@ def main(argv:list|None=None, # command-line arguments (default: sys.argv[1:])
     return 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # run as a script (not inside a notebook)
+
+# %% ../nbs/02_synthetic.ipynb #8c730caf
+TEST_COHORT = {'n_per_grade': 100, 'size': SAMPLES['size'], 'seed': 2028}  # the sample data's test split, drawn on first use
+
+def cached_cohort(n_per_grade:int, # images per ICDR grade
+                  seed:int, # the cohort's seed (data_samples/' own, SAMPLES['seed'], would draw its eyes again)
+                  size:int=SAMPLES['size'], # frame height in pixels
+                  name:str='cohort', # the folder's name in drbook's cache, before its settings
+                 )->pd.DataFrame:
+    "A synthetic dataset drawn once into drbook's cache (`<cache>/synthetic/<name>-n…-s…-seed…`), checked and reused after."
+    folder = cache_dir()/'synthetic'/f'{name}-n{n_per_grade}-s{size}-seed{seed}'
+    with file_lock(folder.with_name(folder.name + '.lock')):  # two notebooks asking at once: one draws, the other waits
+        if (folder/'samples.csv').is_file():
+            problems = check_manifest(folder)
+            if not problems: return load_table(folder/'samples.csv')
+            print(f'{folder}: {len(problems)} files differ from the manifest ({problems[0]}, …): drawn again')
+        return build_samples(folder, n_per_grade, size, seed)
+
+def sample_table(test:bool=True, # add the test cohort (rows with split 'test')
+                )->pd.DataFrame:
+    "The course's sample data: the eyes of `data_samples/` and, with `test`, the test cohort as the test split."
+    table = read_samples()
+    if not test: return table
+    cohort = cached_cohort(**TEST_COHORT, name='test')
+    cohort = cohort.assign(split='test', patient='test-' + cohort.patient, image_id='test-' + cohort.image_id)
+    return pd.concat([table, cohort], ignore_index=True)

@@ -207,9 +207,11 @@ def test_thresholds_and_table_i_of_a_label_that_never_occurs(idrid_lesions, caps
 
 def test_tiny_splits_work_or_say_how_many_images_are_needed(idrid_lesions):
     from drbook.splits import prepare_splits
-    splits, _ = prepare_splits(idrid_lesions, '', seed=42)  # 8 images at 70/15/15: 6/1/1 still runs
+    own, _ = prepare_splits(idrid_lesions, '', seed=42)  # by default IDRiD's own test images are the test split
+    assert sorted(own['test'].image_id) == sorted(idrid_lesions.image_id[idrid_lesions.split == 'test'])
+    splits, _ = prepare_splits(idrid_lesions, '', seed=42, own_split=False)  # 8 images at 70/15/15: 6/1/1 still runs
     assert {k: len(v) for k, v in check_splits(splits).items()} == {'train': 6, 'val': 1, 'test': 1}
-    few, _ = prepare_splits(idrid_lesions.iloc[:4], '', seed=42)
+    few, _ = prepare_splits(idrid_lesions.iloc[:4], '', seed=42, own_split=False)
     with pytest.raises(ValueError, match=r"the test split is empty .* at least 5 images with the 70/15/15 split"): check_splits(few)
     with pytest.raises(ValueError, match='at least 7 images with the 80/10/10 split'):
         check_splits(dict(zip(('train', 'val', 'test'), [idrid_lesions.iloc[:1], idrid_lesions.iloc[:0], idrid_lesions.iloc[:0]])), (0.8, 0.1, 0.1))
