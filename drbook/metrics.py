@@ -199,10 +199,12 @@ def paired_bootstrap(y_true, pred_a, pred_b, # true grades and two sets of predi
 
 def compare_with(y_true, predictions:dict, # {name: predicted grades}
                  reference:str, # the name in `predictions` to compare every other against (e.g. the best member)
-                 n_boot:int=1000, level:float=0.95, seed:int=0)->pd.DataFrame:
-    "QWK of each prediction set and the paired-bootstrap interval of its difference from `reference`'s."
+                 n_boot:int=1000, level:float=0.95, seed:int=0,
+                 metric=qwk, # a function (y_true, y_pred) -> number, e.g. qwk or accuracy; its name heads its column
+                )->pd.DataFrame:
+    "`metric` (QWK by default) of each prediction set and the paired-bootstrap interval of its difference from `reference`'s."
     if reference not in predictions: raise ValueError(f"reference {reference!r} is not among {list(predictions)}")
-    rows = {k: {'qwk': qwk(y_true, p), **paired_bootstrap(y_true, p, predictions[reference], qwk, n_boot, level, seed)}
+    rows = {k: {metric.__name__: metric(y_true, p), **paired_bootstrap(y_true, p, predictions[reference], metric, n_boot, level, seed)}
             for k, p in predictions.items()}
     out = pd.DataFrame(rows).T.astype(float)
     out['verdict'] = np.where(out.diff_lo > 0, 'better', np.where(out.diff_hi < 0, 'worse', 'no clear difference'))
