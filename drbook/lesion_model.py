@@ -13,9 +13,11 @@ from .finetune import fine_tune, s4_schedule
 from .models import Trained, fit_or_load, load_meta, update_meta
 
 # %% auto #0
-__all__ = ['lesion_model', 'train_lesion_model', 'keep_thresholds']
+__all__ = ['SCRATCH_INIT', 'lesion_model', 'train_lesion_model', 'keep_thresholds']
 
 # %% ../nbs/lesion_model.ipynb #f61f2076
+SCRATCH_INIT = 'he_normal'  # the scratch model's six ReLU convolutions start from He et al.'s initialisation, not Keras's Glorot
+
 def lesion_model(backbone:str='scratch', # 'scratch' (chapter 07's sample CNN) or a key of drbook.transfer.BACKBONES
                  image_size:int=96, # input side in pixels
                  weights=None, # a backbone's weights: 'imagenet', a file, or None/'none' (random)
@@ -24,8 +26,9 @@ def lesion_model(backbone:str='scratch', # 'scratch' (chapter 07's sample CNN) o
     "S4's multi-label model: backbone feature maps → three convolutions → five sigmoids (`multilabel`), logits kept."
     with strategy_scope():  # every variable, the head's too, under the strategy that trains them (several GPUs)
         if backbone != 'scratch': return build_model(backbone, 'multilabel', image_size, head='s4_conv', weights=weights)
-        base = build_scratch_cnn('sample', image_size, 'multilabel')
-        return keras.Model(base.input, conv_head(base.get_layer(cut).output, 'multilabel'), name='scratch_s4_conv')
+        base = build_scratch_cnn('sample', image_size, 'multilabel', kernel_initializer=SCRATCH_INIT)
+        return keras.Model(base.input, conv_head(base.get_layer(cut).output, 'multilabel', kernel_initializer=SCRATCH_INIT),
+                           name='scratch_s4_conv')
 
 # %% ../nbs/lesion_model.ipynb #a7c4e1d2
 def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.splits.prepare_splits
@@ -49,7 +52,8 @@ def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.
                   recipe=recipe, augment=augment, batch_size=batch_size, seed=seed, pos_weight=pw)
     if backbone == 'scratch':
         build = lambda: compile_for(lesion_model('scratch', image_size), 'multilabel', learning_rate=learning_rate, pos_weight=pw)
-        return [fit_or_load('13-lesions-scratch', build, {**config, 'cut': 'pool3', 'learning_rate': learning_rate, 'optimizer': 'adam'},
+        return [fit_or_load('13-lesions-scratch', build, {**config, 'cut': 'pool3', 'learning_rate': learning_rate, 'optimizer': 'adam',
+                                                          'kernel_initializer': SCRATCH_INIT},
                             tables, datasets, task='multilabel', epochs=epochs, verbose=verbose)]
     return fine_tune(f'13-lesions-{backbone}', lambda: lesion_model(backbone, image_size, weights), config, s4_schedule(head_epochs, epochs),
                      tables, datasets, task='multilabel', pos_weight=pw, verbose=verbose)

@@ -67,6 +67,7 @@ def build_scratch_cnn(config:ScratchConfig|str='exp1', # a configuration or its 
                       image_size:int=224, # input side in pixels (S3: 224)
                       task:str='multiclass', # output layer, a key of drbook.tasks.TASKS (S3: multiclass)
                       augmentation=None, # optional Keras layer applied to the images first (S3's augmentation block)
+                      kernel_initializer:str='glorot_uniform', # the convolutions' initial weights: Keras's default (S3), or 'he_normal'
                      )->keras.Model:
     "S3's from-scratch CNN: Rescaling, four Conv2D + MaxPooling stages, Flatten, Dense with optional Dropout, output head."
     c = _config(config)
@@ -77,7 +78,7 @@ def build_scratch_cnn(config:ScratchConfig|str='exp1', # a configuration or its 
         x = augmentation(inputs) if augmentation is not None else inputs
         x = keras.layers.Rescaling(1 / 255, name='rescaling')(x)
         for i, (f, p) in enumerate(zip(c.filters, c.pool_sizes), 1):
-            x = keras.layers.Conv2D(f, c.kernel_size, activation='relu', name=f'conv{i}')(x)
+            x = keras.layers.Conv2D(f, c.kernel_size, activation='relu', kernel_initializer=kernel_initializer, name=f'conv{i}')(x)
             x = keras.layers.MaxPooling2D(p, name=f'pool{i}')(x)
         x = keras.layers.Flatten(name='flatten')(x)
         if c.dropout: x = keras.layers.Dropout(c.dropout, name='dropout1')(x)

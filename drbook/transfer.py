@@ -162,10 +162,11 @@ def dense_head(x, # the backbone's feature maps
 def conv_head(x, # the backbone's feature maps
               task:str='multiclass', # a key of drbook.tasks.TASKS
               filters:tuple=(256, 128, 64), # the three convolutions: 3×3, 3×3, 1×1 (ReLU)
+              kernel_initializer:str='glorot_uniform', # their initial weights: Keras's default, or 'he_normal' (He et al. 2015)
              ):
     "S4's fully convolutional head: three convolutions on the feature maps, global average pooling, the task's output."
     for i, (f, k) in enumerate(zip(filters, (3, 3, 1))):
-        x = keras.layers.Conv2D(f, k, padding='same', activation='relu', name=f'head_conv_{i}')(x)
+        x = keras.layers.Conv2D(f, k, padding='same', activation='relu', kernel_initializer=kernel_initializer, name=f'head_conv_{i}')(x)
     # the output layer on pooled maps is the same linear map as a 1×1 convolution followed by pooling
     x = keras.layers.GlobalAveragePooling2D(name='head_gap')(x)
     return output_layer(x, task)
