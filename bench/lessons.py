@@ -1,27 +1,32 @@
 """How far do the course's lessons show at the sample defaults, on eyes the course never saw?
 
-Draws an independent synthetic cohort with `drbook.synthetic.build_samples` (default 60 eyes per grade, 300 eyes,
+Draws an independent synthetic cohort with `drbook.synthetic.cached_cohort` (default 100 eyes per grade, 500 eyes,
 frame height as data_samples/, a seed of its own; written once into drbook's cache with its lesion masks, then reused)
-and checks that it shares no image with data_samples/ (per-image seeds and SHA-256 of the JPEGs). On it, it scores
-chapter 07's sample grader (`drbook.models.quick_grader`: the 'sample' CNN, 64 px, 'graham', 'flips', batch 16,
-12 epochs, seed 42, the defaults of chapters 07 and 12a; taken from drbook's model cache, trained there once when missing):
+and checks that it shares no image with the course's sample data (data_samples/ and its 500-eye test cohort: per-image
+seeds and SHA-256 of the JPEGs). On it, it scores:
 
-- grading: QWK, accuracy and referable-DR AUC (drbook.metrics.evaluate), target QWK >= 0.90 (scratch grader). For
-  context, the same figures on chapter 07's own test split (68 eyes), which the course reports;
-- localisation, as chapter 12a computes it: Grad-CAM (drbook.gradcam.METHODS['gradcam'], explaining each eye's true
-  grade) on up to 60 cohort eyes of grade >= 2, lesion masks from drbook.cam_checks.lesion_masks, pointing game
-  (tolerance 2 px) and energy in the masks against the uniform and centre baselines (drbook.cam_checks). Targets:
-  Grad-CAM beats both baselines (Grad-CAM - baseline > 0), pointing game >= 0.8.
-- with --sizes 64,128 (the default), the same grader at 128 px as well: what the image size does to both.
+1. chapter 07's sample grader (`drbook.models.quick_grader`: the 'sample' CNN, 'graham', 'flips', batch 16, 12 epochs,
+   seed 42, the defaults of chapters 07 and 12a; taken from drbook's model cache, trained there once when missing),
+   at each of `--sizes` (64, the course's, and 128):
+   - grading: QWK, accuracy and referable-DR AUC (drbook.metrics.evaluate), target QWK >= 0.90 (scratch grader), and
+     the same figures on the chapters' own test split (the test cohort) for context;
+   - localisation, as chapter 12a computes it: Grad-CAM (drbook.gradcam.METHODS['gradcam'], explaining each eye's true
+     grade) on up to 60 cohort eyes of grade >= 2, lesion masks from drbook.cam_checks.lesion_masks, pointing game
+     (tolerance 2 px) and energy in the masks against the uniform and centre baselines (drbook.cam_checks). Targets:
+     Grad-CAM beats both baselines (Grad-CAM - baseline > 0), pointing game >= 0.8;
+2. the models a sample run published (`--run`; default the latest `make reproduce`): chapter 07's, 08's and 09's
+   graders by QWK, with the lessons of 08 and 09 as paired differences (transfer against scratch; fine-tuned against
+   frozen; target > 0), and chapter 13's lesion model by per-label AUC (target >= 0.95 for HE and EX).
 
 Intervals: 95 % percentile bootstrap, resampling patients (both eyes of a drawn patient together, as the eyes of one
-patient are alike), drbook's bootstrap helpers (metrics.resampled_confusions, qwk_of_confusions, rank_auc).
-`reached` judges the point estimate; `interval` says whether the whole interval lies on the target's side.
-The default seed is 2027: data_samples/ was drawn with 2026 (drbook.synthetic.SAMPLES), and a cohort with that seed
-would redraw its eyes (the same per-image seeds), so the script refuses it.
-About 40 s on 2 CPU cores with nothing cached (cohort drawn, both graders trained), about 10 s after.
+patient are alike), drbook's bootstrap helpers (metrics.resampled_confusions, qwk_of_confusions, rank_auc); a paired
+difference uses the same resamples for both models. `reached` judges the point estimate; `interval` says whether the
+whole interval lies on the target's side.
+The default seed is 2027: data_samples/ was drawn with 2026 and the test cohort with 2028
+(drbook.synthetic.SAMPLES, TEST_COHORT); a cohort with either seed would redraw their eyes, so the script refuses it.
+About a minute on 2 CPU cores with the graders cached and the run's models in place.
 
-Usage: python bench/lessons.py [--n-per-grade 60] [--seed 2027] [--sizes 64,128] [--n-explain 60] [--n-boot 2000]
+Usage: python bench/lessons.py [--n-per-grade 100] [--seed 2027] [--sizes 64,128] [--n-explain 60] [--n-boot 2000] [--run RUN|none]
 """
 import argparse, os, time, warnings
 from contextlib import contextmanager
@@ -45,28 +50,24 @@ class Clock:
 
 
 def cohort_table(n_per_grade, seed):
-    "The evaluation cohort's canonical table: built once into drbook's cache (images, masks, manifest), then reused."
+    "The evaluation cohort's canonical table: drawn once into drbook's cache (images, masks, manifest), then reused."
     from drbook.core import cache_dir
-    from drbook.data import load_table
-    from drbook.synthetic import SAMPLES, build_samples, check_manifest
-    folder = cache_dir()/'bench'/f"lessons-cohort-n{n_per_grade}-s{SAMPLES['size']}-seed{seed}"
-    if (folder/'samples.csv').is_file() and not check_manifest(folder):
-        print(f'    reusing the cohort in {folder} (manifest checked)')
-        return load_table(folder/'samples.csv'), folder
-    print(f'    drawing {5 * n_per_grade} eyes into {folder}')
-    return build_samples(folder, n_per_grade, SAMPLES['size'], seed), folder
+    from drbook.synthetic import SAMPLES, cached_cohort
+    table = cached_cohort(n_per_grade, seed, name='lessons')
+    return table, cache_dir()/'synthetic'/f"lessons-n{n_per_grade}-s{SAMPLES['size']}-seed{seed}"
 
 
 def check_independent(cohort, folder):
-    "Refuse a cohort that shares an image with data_samples/: the same per-image seed or the same JPEG bytes."
+    "Refuse a cohort that shares an image with the course's sample data (data_samples/ and its test cohort): a seed or JPEG bytes."
     from drbook.core import samples_dir
-    from drbook.data import read_manifest, read_samples, sha256_file
-    sample = read_samples()
+    from drbook.data import read_manifest, sha256_file
+    from drbook.synthetic import sample_table
+    sample = sample_table()
     shared_seeds = set(cohort['seed'].astype(str)) & set(sample['seed'].astype(str))
     sample_hashes = {h for f, h in read_manifest(samples_dir()).items() if f.startswith('images/')}
     shared_bytes = sum(sha256_file(p) in sample_hashes for p in cohort['image_path'])
     if shared_seeds or shared_bytes:
-        raise SystemExit(f'the cohort in {folder} shares {len(shared_seeds)} image seeds and {shared_bytes} images with data_samples/')
+        raise SystemExit(f"the cohort in {folder} shares {len(shared_seeds)} image seeds and {shared_bytes} images with the course's sample data")
     return len(sample)
 
 
@@ -135,6 +136,69 @@ def localisation_rows(chosen, images, masks, model, n_boot, seed):
     return rows, int(has.sum()), int((~has).sum()), flat, float((class_indices(model, images) == cls).mean())
 
 
+RUN_COMPARISONS = [  # (label, model, against): the lessons of chapters 08 and 09, as paired QWK differences on the cohort
+    ('transfer (08, frozen backbone) - scratch (07)', '08/MobileNetV2_035-s1-adam', '07/sample'),
+    ('fine-tuned from block_13 (09) - frozen (09)', '09/block_13', '09/frozen'),
+    ('fully unfrozen (09) - frozen (09)', '09/unfrozen', '09/frozen'),
+]
+RUN_GRADERS = ['07/sample', '07/exp5', '08/MobileNetV2_035-s1-adam', '09/frozen', '09/block_13', '09/unfrozen']
+AUC_TARGETS = {'HE': 0.95, 'EX': 0.95}  # chapter 13's lesion model: per-label test AUC
+
+
+def cohort_scores(trained, cohort, cache):
+    "A published model's outputs on the cohort, preprocessed with the model's own recipe and size (cached per pair)."
+    from drbook.pipeline import make_dataset
+    from drbook.preprocess import preprocess_dataset
+    from drbook.train import predict
+    recipe, size, task = trained.meta['recipe'], trained.meta['image_size'], trained.meta['task']
+    key = (getattr(recipe, 'name', recipe), size)
+    if key not in cache and recipe is None: cache[key] = cohort  # a model trained on the photographs only resized (08, 09)
+    if key not in cache:
+        pre, failures = preprocess_dataset(cohort, recipe, size=size)
+        if len(failures): raise SystemExit(f'{len(failures)} cohort images could not be preprocessed:\n{failures}')
+        cache[key] = pre
+    pre = cache[key]
+    return predict(trained.model, make_dataset(pre, task, size, 64, shuffle=False)), pre
+
+
+def run_rows(run, cohort, n_boot, seed):
+    "Chapters 07, 08, 09 and 13's published models of a sample run, scored on the cohort: QWK, paired differences, lesion AUCs."
+    from drbook.core import MULTILABEL
+    from drbook.metrics import qwk_of_confusions, rank_auc, resampled_confusions
+    from drbook.models import load
+    from drbook.registry import read_index
+    from drbook.tasks import lesion_labels, scores_to_grades
+    index, cache, grades, rows = read_index(run), {}, {}, []
+    y = cohort.grade.to_numpy(int)
+    idx = patient_resamples(cohort.patient, n_boot, seed)
+    qwks = {}
+    for name in RUN_GRADERS:
+        if name not in index: print(f'    {name}: not published in {run}'); continue
+        trained = load(index[name]['folder'])
+        scores, pre = cohort_scores(trained, cohort, cache)
+        assert (pre.image_id.to_numpy() == cohort.image_id.to_numpy()).all()
+        grades[name] = np.asarray(scores_to_grades(scores, trained.meta['task'], cutpoints=trained.meta.get('cutpoints')), int)
+        qwks[name] = qwk_of_confusions(np.stack([resampled_confusions(y, grades[name], i[None])[0] for i in idx]))
+        full = qwk_of_confusions(resampled_confusions(y, grades[name], np.arange(len(y))[None]))[0]
+        rows.append((f'QWK, {name} ({trained.meta["image_size"]} px)', full, interval(qwks[name]),
+                     ('>=', QWK_TARGET) if name == '07/sample' else None))
+    for label, a, b in RUN_COMPARISONS:
+        if a in qwks and b in qwks:
+            d_full = qwk_of_confusions(resampled_confusions(y, grades[a], np.arange(len(y))[None]))[0] - \
+                     qwk_of_confusions(resampled_confusions(y, grades[b], np.arange(len(y))[None]))[0]
+            rows.append((f'QWK, {label}', d_full, interval(qwks[a] - qwks[b]), ('>', 0.0)))
+    if '13/lesions' in index:
+        trained = load(index['13/lesions']['folder'])
+        scores, _ = cohort_scores(trained, cohort, cache)
+        labels = lesion_labels(cohort)
+        rows.append((f'#  chapter 13\'s lesion model ({trained.meta["image_size"]} px), per-label AUC on the cohort', None, None, None))
+        for j, lab in enumerate(MULTILABEL):
+            boots = [rank_auc(labels[i, j] == 1, scores[i, j]) for i in idx]
+            rows.append((f'AUC {lab}, lesion model', rank_auc(labels[:, j] == 1, scores[:, j]), interval(boots),
+                         ('>=', AUC_TARGETS[lab]) if lab in AUC_TARGETS else None))
+    return rows
+
+
 def verdict(value, ci, target):
     "(reached, interval) for a target ('>=' or '>', x): the point estimate, and where the interval lies."
     if target is None: return '', ''
@@ -146,27 +210,30 @@ def verdict(value, ci, target):
 
 
 def print_table(rows):
-    print(f"\n{'figure':46s} {'value':>7s}  {'95 % interval':>18s}  {'target':>7s}  {'reached':>7s}  {'interval':>9s}")
+    print(f"\n{'figure':58s} {'value':>7s}  {'95 % interval':>18s}  {'target':>7s}  {'reached':>7s}  {'interval':>9s}")
     for name, value, ci, target in rows:
         if name.startswith('#'): print(name[1:]); continue
         reached, where = verdict(value, ci, target)
         t = '' if target is None else f'{target[0]} {target[1]:g}'
-        print(f'{name:46s} {value:7.4f}  [{ci[0]:7.4f}, {ci[1]:7.4f}]  {t:>7s}  {reached:>7s}  {where:>9s}')
+        print(f'{name:58s} {value:7.4f}  [{ci[0]:7.4f}, {ci[1]:7.4f}]  {t:>7s}  {reached:>7s}  {where:>9s}')
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--n-per-grade', type=int, default=60, help='cohort eyes per ICDR grade')
-    ap.add_argument('--seed', type=int, default=2027, help="the cohort's seed (not data_samples/' 2026)")
+    ap.add_argument('--n-per-grade', type=int, default=100, help='cohort eyes per ICDR grade')
+    ap.add_argument('--seed', type=int, default=2027, help="the cohort's seed (not data_samples/' 2026 nor the test cohort's 2028)")
     ap.add_argument('--sizes', default='64,128', help="image sizes of the quick grader, comma-separated (64: the course's)")
     ap.add_argument('--n-explain', type=int, default=60, help='cohort eyes of grade >= 2 whose Grad-CAM maps are scored')
     ap.add_argument('--n-boot', type=int, default=2000, help='bootstrap resamples')
     ap.add_argument('--boot-seed', type=int, default=0, help='seed of the bootstrap and of the choice of eyes to explain')
+    ap.add_argument('--run', default='', help="a sample run folder whose published models (07, 08, 09, 13) are scored; "
+                                             "default: the latest run of profile 'sample' that published chapter 13's model; 'none': skip")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
-    from drbook.synthetic import SAMPLES
-    if args.seed == SAMPLES['seed']:  # same per-image seeds: the cohort would redraw data_samples/' eyes, many byte for byte
-        ap.error(f"--seed {args.seed} is data_samples/' own seed: the cohort would redraw the course's training eyes")
+    from drbook.synthetic import SAMPLES, TEST_COHORT
+    if args.seed in (SAMPLES['seed'], TEST_COHORT['seed']):  # same per-image seeds: the cohort would redraw the course's eyes
+        ap.error(f"--seed {args.seed} is the seed of the course's own data (data_samples/ {SAMPLES['seed']}, "
+                 f"test cohort {TEST_COHORT['seed']}): the cohort would redraw those eyes")
     clock = Clock()
     import tensorflow as tf
     from drbook.cam_checks import lesion_masks
@@ -180,7 +247,7 @@ def main():
         cohort, folder = cohort_table(args.n_per_grade, args.seed)
         n_sample = check_independent(cohort, folder)
         print(f'    {len(cohort)} eyes of {cohort.patient.nunique()} patients, grades '
-              f'{grade_counts(cohort.grade)}; no image in common with the {n_sample} of data_samples/')
+              f"{grade_counts(cohort.grade)}; no image in common with the {n_sample} of the course's sample data")
 
     rows, notes = [], []
     for size in sizes:
@@ -214,6 +281,16 @@ def main():
                  *loc_rows]
         notes.append(f'{size} px: the grader predicts the true grade for {agree:.0%} of the explained eyes; '
                      f'referable sensitivity {ev["referable_sensitivity"]:.3f}, specificity {ev["referable_specificity"]:.3f} on the cohort')
+
+    if args.run != 'none':
+        from drbook.registry import find_run
+        run = find_run('13', 'sample') if not args.run else args.run
+        if run is None: print("no run of profile 'sample' has published chapter 13's model: `make reproduce` first (or --run none)")
+        else:
+            with clock.step(f"the published models of run {run}: chapters 07, 08, 09 and 13 on the cohort"):
+                rows += [(f'#--- the models of sample run {os.path.basename(str(run))} on the cohort '
+                          f'({len(cohort)} eyes; 95 % patient-bootstrap intervals)', None, None, None),
+                         *run_rows(run, cohort, args.n_boot, args.boot_seed)]
 
     print_table(rows)
     print()
