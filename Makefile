@@ -17,7 +17,7 @@ help:
 	@echo "make test        the full gate: clean notebooks, library in sync, README in sync, nbdev_test, pytest"
 	@echo "make test-fast   the inner loop: pytest without the tests marked slow (under 2 minutes)"
 	@echo "make book        the course as an HTML book from the latest complete run (RUN=runs/... for another) in _book/"
-	@echo "make bench       the benchmarks in bench/: speed, and the lessons' figures on an independent synthetic cohort"
+	@echo "make bench       the benchmarks in bench/: speed, the lessons' figures on an independent synthetic cohort, training over five seeds"
 
 $(STAMP): settings.ini setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/gradcam.py
 	$(BIN)/python bench/lessons.py
+	$(BIN)/python bench/seeds.py
 
 constraints: $(STAMP)
 	( echo "# Exact versions drbook was last tested with (Python 3.11, CPU). Used by the Makefile: pip install -c constraints.txt"; \

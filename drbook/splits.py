@@ -96,7 +96,7 @@ def assign_splits(table:pd.DataFrame, # a canonical table
     free_names = [n for n in names[:len(fractions)] if not (fixed == n).any()]
     parts, free = {n: table[fixed == n] for n in names}, table[fixed.isna()]
     if len(free) and not free_names: raise ValueError(f'the split column fills every split: {len(free)} unmarked rows have none left')
-    if len(free_names) == 1: parts[free_names[0]] = free
+    if len(free_names) == 1 or not len(free): parts.update({n: free for n in free_names})  # one split left, or nothing to share
     elif free_names:
         shares = [fractions[names.index(n)] for n in free_names]
         if len(free_names) < len(fractions): shares = [s / sum(shares) for s in shares]  # renormalised over what is left
