@@ -38,6 +38,7 @@ def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.
                        augment:str='flips', # training augmentation preset of drbook.pipeline ('' = none)
                        batch_size:int=16, # images per batch
                        epochs:int=20, # 'scratch': training epochs; a backbone: epochs of S4's second stage
+                       patience:int=10, # early-stopping patience of each stage (0: off, every epoch runs)
                        head_epochs:int=5, # a backbone only: epochs of S4's first stage (head on the frozen backbone)
                        learning_rate:float=1e-3, # 'scratch' only: Adam's learning rate (a backbone follows S4's schedule)
                        weights=None, # a backbone's initial weights: 'imagenet', a file, or None (random)
@@ -54,9 +55,9 @@ def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.
         build = lambda: compile_for(lesion_model('scratch', image_size), 'multilabel', learning_rate=learning_rate, pos_weight=pw)
         return [fit_or_load('13-lesions-scratch', build, {**config, 'cut': 'pool3', 'learning_rate': learning_rate, 'optimizer': 'adam',
                                                           'kernel_initializer': SCRATCH_INIT},
-                            tables, datasets, task='multilabel', epochs=epochs, verbose=verbose)]
+                            tables, datasets, task='multilabel', epochs=epochs, patience=patience, verbose=verbose)]
     return fine_tune(f'13-lesions-{backbone}', lambda: lesion_model(backbone, image_size, weights), config, s4_schedule(head_epochs, epochs),
-                     tables, datasets, task='multilabel', pos_weight=pw, verbose=verbose)
+                     tables, datasets, task='multilabel', pos_weight=pw, patience=patience, verbose=verbose)
 
 def keep_thresholds(trained:Trained, # the lesion model (the last of train_lesion_model's stages)
                     thresholds, # one threshold per label, from drbook.lesions.fit_thresholds

@@ -166,9 +166,9 @@ def _callbacks(out_dir, past, patience, monitor, reduce_lr, verbose, checkpoint_
     "drbook's training callbacks for a run in `out_dir`, resuming from the `past` per-epoch logs."
     mode, seen = _mode(monitor), [v for v in past.get(monitor, []) if not math.isnan(v)]
     best = (min(seen) if mode == 'min' else max(seen)) if seen else None
-    cbs = [keeper := BestCheckpoint(out_dir/'model.keras', monitor=monitor, mode=mode, best=best),
-           _ResumedEarlyStopping(past=past.get(monitor, []), monitor=monitor, mode=mode, patience=patience,
-                                 restore_best_weights=True, verbose=int(verbose != 0))]
+    cbs = [keeper := BestCheckpoint(out_dir/'model.keras', monitor=monitor, mode=mode, best=best)]
+    if patience > 0: cbs.append(_ResumedEarlyStopping(past=past.get(monitor, []), monitor=monitor, mode=mode, patience=patience,
+                                                      restore_best_weights=True, verbose=int(verbose != 0)))
     if reduce_lr: cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5,
                                                               patience=max(1, patience // 3), verbose=int(verbose != 0)))
     return cbs + [keras.callbacks.CSVLogger(str(out_dir/'history.csv'), append=bool(past)), ResumeCheckpoint(out_dir/'resume', checkpoint_every, keeper.flush)]
@@ -181,7 +181,7 @@ def fit(model:keras.Model, # a model compiled with `compile_for`
         epochs:int, # total number of epochs, counting those of an interrupted run
         task:str, # the task the model was compiled for (a key of drbook.tasks.TASKS)
         class_weight=None, # {grade: weight} or a list of 5 weights (S1's class-weighted loss); grading tasks only
-        patience:int=10, # epochs without improvement before stopping (S3: 10 and 15)
+        patience:int=10, # epochs without improvement before stopping (S3: 10 and 15); 0: no early stopping, all `epochs` run (S1)
         monitor:str='val_loss', # logged value that chooses the best epoch
         reduce_lr:bool=False, # halve the learning rate when `monitor` stalls for patience//3 epochs
         verbose='auto', # Keras progress output ('auto', 0, 1, 2)

@@ -107,6 +107,20 @@ def test_class_weights_follow_the_grade_in_every_encoding(task):
     np.testing.assert_allclose(w, [cw[g] for g in grades])
 
 
+def test_class_weighted_loss_is_the_weighted_sum_of_per_image_losses_over_the_batch():
+    "S1's class-weighted loss as fit trains it: each image's cross entropy times its grade's weight, summed, over the batch size."
+    ds, grades = toy(30, TASK, seed=4, batch_size=30)
+    cw = {0: 0.5, 1: 1.0, 2: 2.0, 3: 3.0, 4: 0.25}
+    model = train.compile_for(tiny(TASK), TASK)
+    x, y = next(iter(ds))
+    p = np.clip(model.predict(x, verbose=0), 1e-7, 1 - 1e-7)
+    per_image = -np.log(p[np.arange(len(grades)), grades])
+    w = np.array([cw[g] for g in grades])
+    loss = model.evaluate(train._with_class_weight(ds, cw, TASK), verbose=0, return_dict=True)['loss']
+    np.testing.assert_allclose(loss, (w * per_image).sum() / len(grades), rtol=1e-5)
+    assert not np.isclose(loss, per_image.mean(), rtol=1e-3)  # the weights change it
+
+
 def test_class_weight_refused_for_lesion_labels():
     with pytest.raises(ValueError, match='pos_weight'): train._with_class_weight(toy(8, 'multilabel')[0], [1] * 5, 'multilabel')
 
