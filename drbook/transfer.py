@@ -180,6 +180,8 @@ HEADS = {
     's3_gap256': (dense_head, dict(pooling='gap', units=(256,), dropout=0.5)),  # S3 VGG16 exp. 3
     's3_gap512': (dense_head, dict(pooling='gap', units=(512,), dropout=0.5)),  # S3 MobileNetV2 exp. 3.1
     's3_gap512x2': (dense_head, dict(pooling='gap', units=(512, 512), dropout=0.)),  # S3 MobileNetV2 exp. 4
+    's3_flatten': (dense_head, dict(pooling='flatten', units=(), dropout=0.)),  # S3 MobileNetV2 exp. 1: Flatten → Dense 5
+    's3_gap512x2_dropout': (dense_head, dict(pooling='gap', units=(512, 512), dropout=0.5)),  # S3 MobileNetV2 exp. 4.1
     's2_16': (dense_head, dict(units=(16,), **_S2)),  # S2: FC [16, 5], L1 + L2
     's2_32_16': (dense_head, dict(units=(32, 16), **_S2)),  # S2: FC [32, 16, 5], L1 + L2
     's4_conv': (conv_head, dict(filters=(256, 128, 64))),  # S4: three convolutional layers
