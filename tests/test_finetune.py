@@ -95,8 +95,9 @@ def test_schedules_and_s2_table():
     assert len(S2_TABLE3) == 15 and len({(c['backbone'], c['strategy'], c['learning_rate']) for c in S2_TABLE3.values()}) == 15
     assert {c['backbone'] for c in S2_TABLE3.values()} == {'ResNet50', 'ResNet101', 'ResNet152'}
     assert sorted({c['learning_rate'] for c in S2_TABLE3.values()}) == [0.000025, 0.00015, 0.00075]
-    partial = [c for c in S2_TABLE3.values() if c['strategy'] == 0.5]
-    assert len(partial) == 3 and all((c['batch_size'], c['epochs'], c['head']) == (32, 100, 's2_16') for c in partial)
+    partial = {n: c for n, c in S2_TABLE3.items() if n.endswith('_partial')}  # S2 froze layers 1-155 (ResNet50/101), 1-455 (ResNet152)
+    assert {c['backbone']: c['strategy'] for c in partial.values()} == {'ResNet50': 155, 'ResNet101': 155, 'ResNet152': 455}
+    assert len(partial) == 3 and all((c['batch_size'], c['epochs'], c['head']) == (32, 100, 's2_16') for c in partial.values())
     assert s2_stages('resnet50_frozen_lr0.00015')[0] == Stage('resnet50_frozen_lr0.00015', 'frozen', 0.00015, 200, 'adam')
     with pytest.raises(KeyError, match='no row'): s2_stages('resnet18_frozen')
 
