@@ -38,12 +38,12 @@ def train_lesion_model(splits:dict, # {'train', 'val', …}: tables from drbook.
                        augment:str='flips', # training augmentation preset of drbook.pipeline ('' = none)
                        batch_size:int=16, # images per batch
                        epochs:int=20, # 'scratch': training epochs; a backbone: epochs of S4's second stage
-                       patience:int=10, # early-stopping patience of each stage (0: off, every epoch runs)
                        head_epochs:int=5, # a backbone only: epochs of S4's first stage (head on the frozen backbone)
                        learning_rate:float=1e-3, # 'scratch' only: Adam's learning rate (a backbone follows S4's schedule)
                        weights=None, # a backbone's initial weights: 'imagenet', a file, or None (random)
                        pos_weight:dict|None=None, # {label: positive weight} (drbook.splits.label_pos_weights)
                        seed:int=42, # seed of the initial weights and the augmentation
+                       patience:int=10, # early-stopping patience of each stage (0: off, every epoch runs)
                        datasets:tuple|None=None, # (train_ds, val_ds); None: made from the tables
                        verbose=0, # Keras progress output
                       )->list:
