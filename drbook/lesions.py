@@ -124,10 +124,11 @@ def label_maps(model:keras.Model, # a multilabel model (outputs in MULTILABEL or
 
 # %% ../nbs/13_lesions.ipynb #fda0c0a8
 def combined_map(maps, # (n, L, H, W) per-label maps in [0, 1]
-                 predicted, # (n, L) 0/1: the labels the model predicts for each image
+                 predicted=None, # (n, L) 0/1: the labels the model predicts for each image; None: all L labels (eq. 4 as written)
                 )->np.ndarray:
-    "S4 eq. 4: the sum of the predicted labels' maps over Z, its maximum, (n, H, W) in [0, 1]; zeros when none is predicted."
-    maps, p = np.asarray(maps, np.float32), np.asarray(predicted, np.float32)
+    "S4 eq. 4: the sum of the labels' maps over Z, its maximum, (n, H, W) in [0, 1]: every label's, or only the predicted ones (zeros when none is)."
+    maps = np.asarray(maps, np.float32)
+    p = np.ones(maps.shape[:2], np.float32) if predicted is None else np.asarray(predicted, np.float32)
     if p.shape != maps.shape[:2]: raise ValueError(f"predicted: expected shape {maps.shape[:2]} (one 0/1 per image and map), got {p.shape}")
     return normalise_maps((maps * p[..., None, None]).sum(1))
 
