@@ -14,6 +14,8 @@ seeds and SHA-256 of the JPEGs). On it, it scores:
      grade) on up to 60 cohort eyes of grade >= 2, lesion masks from drbook.cam_checks.lesion_masks, pointing game
      (tolerance 2 px) and energy in the masks against the uniform and centre baselines (drbook.cam_checks). Targets:
      Grad-CAM beats both baselines (Grad-CAM - baseline > 0), pointing game >= 0.8;
+   With --extra-train N, the same grader is also trained at --extra-sizes with 5 N more synthetic training eyes
+   (seed --extra-seed, drawn into the cache) beside data_samples/: what more data buys toward the target;
 2. the models a sample run published (`--run`; default the latest `make reproduce`): chapter 07's, 08's and 09's
    graders by QWK, with the lessons of 08 and 09 as paired differences (transfer against scratch; fine-tuned against
    frozen; target > 0), and chapter 13's lesion model by per-label AUC (target >= 0.95 for HE and EX).
@@ -26,7 +28,7 @@ The default seed is 2027: data_samples/ was drawn with 2026 and the test cohort 
 (drbook.synthetic.SAMPLES, TEST_COHORT); a cohort with either seed would redraw their eyes, so the script refuses it.
 About a minute on 2 CPU cores with the graders cached and the run's models in place.
 
-Usage: python bench/lessons.py [--n-per-grade 100] [--seed 2027] [--sizes 64,128] [--n-explain 60] [--n-boot 2000] [--run RUN|none]
+Usage: python bench/lessons.py [--n-per-grade 100] [--seed 2027] [--sizes 64,128] [--n-explain 60] [--n-boot 2000] [--extra-train 200] [--run RUN|none]
 """
 import argparse, os, time, warnings
 from contextlib import contextmanager
@@ -55,6 +57,18 @@ def cohort_table(n_per_grade, seed):
     from drbook.synthetic import SAMPLES, cached_cohort
     table = cached_cohort(n_per_grade, seed, name='lessons')
     return table, cache_dir()/'synthetic'/f"lessons-n{n_per_grade}-s{SAMPLES['size']}-seed{seed}"
+
+
+def extra_training_table(n_per_grade, seed):
+    "A canonical table CSV in the cache: the course's sample data plus an extra synthetic cohort for training (no split of its own)."
+    from drbook.core import cache_dir
+    from drbook.data import save_table
+    from drbook.synthetic import cached_cohort, sample_table
+    extra = cached_cohort(n_per_grade, seed, name='extra-train')
+    extra = extra.assign(patient='extra-' + extra.patient, image_id='extra-' + extra.image_id)  # no id shared with data_samples/
+    path = cache_dir()/'bench'/f'sample-plus-extra-n{n_per_grade}-seed{seed}.csv'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_table(pd.concat([sample_table(), extra], ignore_index=True), path)
 
 
 def check_independent(cohort, folder):
@@ -226,6 +240,10 @@ def main():
     ap.add_argument('--n-explain', type=int, default=60, help='cohort eyes of grade >= 2 whose Grad-CAM maps are scored')
     ap.add_argument('--n-boot', type=int, default=2000, help='bootstrap resamples')
     ap.add_argument('--boot-seed', type=int, default=0, help='seed of the bootstrap and of the choice of eyes to explain')
+    ap.add_argument('--extra-train', type=int, default=0, help='eyes per grade of an extra synthetic training cohort (seed '
+                    '--extra-seed) added to data_samples/ for a second grader at each of --extra-sizes: what more data buys')
+    ap.add_argument('--extra-seed', type=int, default=2029, help="the extra training cohort's seed")
+    ap.add_argument('--extra-sizes', default='128', help='image sizes of the graders trained with the extra cohort')
     ap.add_argument('--run', default='', help="a sample run folder whose published models (07, 08, 09, 13) are scored; "
                                              "default: the latest run of profile 'sample' that published chapter 13's model; 'none': skip")
     args = ap.parse_args()
@@ -249,10 +267,18 @@ def main():
         print(f'    {len(cohort)} eyes of {cohort.patient.nunique()} patients, grades '
               f"{grade_counts(cohort.grade)}; no image in common with the {n_sample} of the course's sample data")
 
+    graders = [(size, '', '') for size in sizes]
+    if args.extra_train:
+        if args.extra_seed in (args.seed, SAMPLES['seed'], TEST_COHORT['seed']):
+            ap.error(f'--extra-seed {args.extra_seed} is the seed of the cohort, data_samples/ or the test cohort')
+        with clock.step(f'extra training cohort: {5 * args.extra_train} synthetic eyes, seed {args.extra_seed}'):
+            combined = extra_training_table(args.extra_train, args.extra_seed)
+        graders += [(int(s), str(combined), f' + {5 * args.extra_train} extra training eyes')
+                    for s in args.extra_sizes.split(',') if s.strip()]
     rows, notes = [], []
-    for size in sizes:
-        with clock.step(f'grader at {size} px: quick_grader (trained once, then reused from the model cache)'):
-            trained, splits = quick_grader(image_size=size, verbose=2)
+    for size, table_csv, extra in graders:
+        with clock.step(f'grader at {size} px{extra}: quick_grader (trained once, then reused from the model cache)'):
+            trained, splits = quick_grader(table_csv, image_size=size, verbose=2)
             model, recipe = trained.model, trained.meta['recipe']
             print(f"    {'reused' if trained.reused else 'trained'}: {trained.folder}")
         with clock.step(f'{size} px: preprocess ({recipe.name}) and grade the cohort, bootstrap'):
@@ -271,15 +297,15 @@ def main():
             images = np.concatenate([x.numpy() for x, _ in make_dataset(chosen, 'multiclass', size, 64, shuffle=False)])
             masks = lesion_masks(chosen, images.shape[1:3], recipe)
             loc_rows, n_has, n_empty, n_flat, agree = localisation_rows(chosen, images, masks, model, args.n_boot, args.boot_seed)
-        rows += [(f"#--- quick grader at {size} px ({trained.folder.name}; {trained.meta['recipe'].name}, "
-                  f"{len(trained.history.get('loss', []))} epochs)", None, None, None),
+        rows += [(f"#--- quick grader at {size} px{extra} ({trained.folder.name}; {trained.meta['recipe'].name}, "
+                  f"{len(trained.history.get('loss', []))} epochs, {len(splits['train'])} training eyes)", None, None, None),
                  *grade_rows, *test_rows,
                  (f'#  Grad-CAM on {n_has} cohort eyes of grade >= 2 (grades '
                   f'{grade_counts(chosen.grade[masks.any((1, 2))])}), tolerance {TOLERANCE_PX} px'
                   + (f'; {n_empty} left out: no lesion pixel at {size} px' if n_empty else '')
                   + (f'; {n_flat} Grad-CAM maps all zero' if n_flat else ''), None, None, None),
                  *loc_rows]
-        notes.append(f'{size} px: the grader predicts the true grade for {agree:.0%} of the explained eyes; '
+        notes.append(f'{size} px{extra}: the grader predicts the true grade for {agree:.0%} of the explained eyes; '
                      f'referable sensitivity {ev["referable_sensitivity"]:.3f}, specificity {ev["referable_specificity"]:.3f} on the cohort')
 
     if args.run != 'none':
