@@ -15,7 +15,7 @@ def _run_07(tmp_path, table_csv, tag):
     "Execute chapter 07 outside a run folder, small and fast; return the executed notebook's text."
     out = tmp_path/f'07_{tag}.ipynb'
     pm.execute_notebook(str(NBS/'07_scratch_cnn.ipynb'), str(out), cwd=str(NBS), kernel_name='python3', progress_bar=False,
-                        parameters=dict(table_csv=str(table_csv), experiments=['sample'], image_size=48, epochs=2, batch_size=32))
+                        parameters=dict(table_csv=str(table_csv), experiments=['sample'], image_size=48, epochs=2, batch_size=32, size_study=''))
     return out.read_text(encoding='utf-8')
 
 
