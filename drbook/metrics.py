@@ -15,12 +15,12 @@ from .tasks import (DEFAULT_CUTPOINTS, as_float, check_task, check_length, check
                           check_cutpoints, check_thresholds, scores_to_grades, class_scores, referable_score)
 
 # %% auto #0
-__all__ = ['GRADE_LABELS', 'RESULT_COLUMNS', 'check_grades', 'check_pair', 'accuracy', 'qwk', 'confusion_matrix',
-           'classification_report', 'plot_confusion', 'rank_auc', 'per_class_auc', 'bootstrap_confusions',
-           'one_vs_rest', 'rates', 'sensitivity_specificity', 'qwk_of_confusions', 'resampled_confusions',
-           'paired_bootstrap', 'compare_with', 'share_matched_cutpoints', 'fit_cutpoints', 'check_labels',
-           'fit_label_thresholds', 'multilabel_metrics', 'evaluate', 'results_table', 'plot_roc', 'history_frame',
-           'plot_history']
+__all__ = ['GRADE_LABELS', 'RESULT_COLUMNS', 'check_grades', 'check_pair', 'accuracy', 'binary_accuracy', 'qwk',
+           'confusion_matrix', 'classification_report', 'plot_confusion', 'rank_auc', 'per_class_auc',
+           'bootstrap_confusions', 'one_vs_rest', 'rates', 'sensitivity_specificity', 'qwk_of_confusions',
+           'resampled_confusions', 'paired_bootstrap', 'compare_with', 'share_matched_cutpoints', 'fit_cutpoints',
+           'check_labels', 'fit_label_thresholds', 'multilabel_metrics', 'evaluate', 'results_table', 'plot_roc',
+           'history_frame', 'plot_history']
 
 # %% ../nbs/05_metrics.ipynb #8baca1e1
 def check_grades(y, # ICDR grades 0–4, one per eye (list, array or pandas Series)
@@ -48,6 +48,13 @@ def accuracy(y_true, y_pred)->float:
     "Share of eyes whose predicted grade equals the true grade."
     yt, yp = check_pair(y_true, y_pred)
     return float((yt == yp).mean())
+
+def binary_accuracy(y_true, # true grades
+                    scores, # S1's five sigmoid outputs per eye ('sigmoid' task), (n, 5)
+                   )->float:
+    "Keras's binary accuracy over one sigmoid per grade: the share of the n × 5 outputs on the right side of 0.5 against one-hot targets."
+    yt = check_grades(y_true, 'y_true'); s = check_scores(scores, 'sigmoid', len(yt))
+    return float(((s > 0.5) == np.eye(N_GRADES, dtype=bool)[yt]).mean())
 
 def qwk(y_true, y_pred)->float:
     "Quadratic weighted kappa: `sklearn.metrics.cohen_kappa_score(weights='quadratic')` over the grades 0–4."
