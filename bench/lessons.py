@@ -64,8 +64,7 @@ def extra_training_table(n_per_grade, seed):
     from drbook.core import cache_dir
     from drbook.data import save_table
     from drbook.synthetic import cached_cohort, sample_table
-    extra = cached_cohort(n_per_grade, seed, name='extra-train')
-    extra = extra.assign(patient='extra-' + extra.patient, image_id='extra-' + extra.image_id)  # no id shared with data_samples/
+    extra = cached_cohort(n_per_grade, seed, name='extra-train')  # ids extra-train-syn…: none shared with data_samples/
     path = cache_dir()/'bench'/f'sample-plus-extra-n{n_per_grade}-seed{seed}.csv'
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_table(pd.concat([sample_table(), extra], ignore_index=True), path)
@@ -178,7 +177,7 @@ def cohort_scores(trained, cohort, cache):
 def run_rows(run, cohort, n_boot, seed):
     "Chapters 07, 08, 09 and 13's published models of a sample run, scored on the cohort: QWK, paired differences, lesion AUCs."
     from drbook.core import MULTILABEL
-    from drbook.metrics import qwk_of_confusions, rank_auc, resampled_confusions
+    from drbook.metrics import qwk, qwk_of_confusions, rank_auc, resampled_confusions
     from drbook.models import load
     from drbook.registry import read_index
     from drbook.tasks import lesion_labels, scores_to_grades
@@ -193,14 +192,11 @@ def run_rows(run, cohort, n_boot, seed):
         assert (pre.image_id.to_numpy() == cohort.image_id.to_numpy()).all()
         grades[name] = np.asarray(scores_to_grades(scores, trained.meta['task'], cutpoints=trained.meta.get('cutpoints')), int)
         qwks[name] = qwk_of_confusions(np.stack([resampled_confusions(y, grades[name], i[None])[0] for i in idx]))
-        full = qwk_of_confusions(resampled_confusions(y, grades[name], np.arange(len(y))[None]))[0]
-        rows.append((f'QWK, {name} ({trained.meta["image_size"]} px)', full, interval(qwks[name]),
+        rows.append((f'QWK, {name} ({trained.meta["image_size"]} px)', qwk(y, grades[name]), interval(qwks[name]),
                      ('>=', QWK_TARGET) if name == '07/sample' else None))
     for label, a, b in RUN_COMPARISONS:
         if a in qwks and b in qwks:
-            d_full = qwk_of_confusions(resampled_confusions(y, grades[a], np.arange(len(y))[None]))[0] - \
-                     qwk_of_confusions(resampled_confusions(y, grades[b], np.arange(len(y))[None]))[0]
-            rows.append((f'QWK, {label}', d_full, interval(qwks[a] - qwks[b]), ('>', 0.0)))
+            rows.append((f'QWK, {label}', qwk(y, grades[a]) - qwk(y, grades[b]), interval(qwks[a] - qwks[b]), ('>', 0.0)))
     if '13/lesions' in index:
         trained = load(index['13/lesions']['folder'])
         scores, _ = cohort_scores(trained, cohort, cache)

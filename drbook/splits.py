@@ -74,6 +74,9 @@ def own_splits(table:pd.DataFrame, # a canonical table, with or without a `split
     "Each row's split as the table gives it: 'val' or 'test' from its `split` column (its patient's other rows follow), else NA."
     given = table['split'] if 'split' in table else pd.Series(pd.NA, index=table.index, dtype=object)
     given, gid = given.astype(object).where(given.notna(), None), _group_ids(table, group)
+    bad = np.flatnonzero(given.notna().to_numpy() & ~given.isin(SPLITS).to_numpy())
+    if len(bad): raise ValueError(f"split column, row {int(bad[0])}: {given.iloc[bad[0]]!r} is not one of {list(SPLITS)} "
+                                  f"(or empty) ({len(bad)} such rows)")
     marks = pd.Series(given.to_numpy()).groupby(gid).agg(lambda s: set(s.dropna()))
     mixed = [g for g, m in marks.items() if 'test' in m and len(m) > 1]
     if mixed:

@@ -697,22 +697,20 @@ TEST_COHORT = {'n_per_grade': 100, 'size': SAMPLES['size'], 'seed': 2028}  # the
 def cached_cohort(n_per_grade:int, # images per ICDR grade
                   seed:int, # the cohort's seed (data_samples/' own, SAMPLES['seed'], would draw its eyes again)
                   size:int=SAMPLES['size'], # frame height in pixels
-                  name:str='cohort', # the folder's name in drbook's cache, before its settings
+                  name:str='cohort', # the folder's name in drbook's cache, and the prefix of its patient and image ids
                  )->pd.DataFrame:
-    "A synthetic dataset drawn once into drbook's cache (`<cache>/synthetic/<name>-n…-s…-seed…`), checked and reused after."
+    "A synthetic dataset drawn once into drbook's cache (`<cache>/synthetic/<name>-n…-s…-seed…`), checked and reused after; ids `<name>-syn…`."
     folder = cache_dir()/'synthetic'/f'{name}-n{n_per_grade}-s{size}-seed{seed}'
     with file_lock(folder.with_name(folder.name + '.lock')):  # two notebooks asking at once: one draws, the other waits
-        if (folder/'samples.csv').is_file():
-            problems = check_manifest(folder)
-            if not problems: return load_table(folder/'samples.csv')
-            print(f'{folder}: {len(problems)} files differ from the manifest ({problems[0]}, …): drawn again')
-        return build_samples(folder, n_per_grade, size, seed)
+        drawn = (folder/'samples.csv').is_file()
+        problems = check_manifest(folder) if drawn else ['not drawn yet']
+        if drawn and problems: print(f'{folder}: {len(problems)} files differ from the manifest ({problems[0]}, …): drawn again')
+        table = build_samples(folder, n_per_grade, size, seed) if problems else load_table(folder/'samples.csv')
+    return table.assign(patient=f'{name}-' + table.patient, image_id=f'{name}-' + table.image_id)  # no id shared with data_samples/
 
 def sample_table(test:bool=True, # add the test cohort (rows with split 'test')
                 )->pd.DataFrame:
     "The course's sample data: the eyes of `data_samples/` and, with `test`, the test cohort as the test split."
     table = read_samples()
     if not test: return table
-    cohort = cached_cohort(**TEST_COHORT, name='test')
-    cohort = cohort.assign(split='test', patient='test-' + cohort.patient, image_id='test-' + cohort.image_id)
-    return pd.concat([table, cohort], ignore_index=True)
+    return pd.concat([table, cached_cohort(**TEST_COHORT, name='test').assign(split='test')], ignore_index=True)
