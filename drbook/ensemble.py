@@ -28,7 +28,7 @@ __all__ = ['FORMAT', 'STACKERS', 'majority_vote', 'accuracy_weights', 'member_re
            'save_member_scores', 'load_model_scores', 'member_name', 'reference_splits', 'score_member',
            'member_grades', 'member_probabilities', 'expected_grade', 'aligned_grades', 's3_stacker_model',
            'logistic_stacker', 'dense_stacker', 'stack_features', 'cv_folds', 'stack', 'average_expected_grades',
-           'diversity']
+           'diversity', 'record_slug', 'ensemble_records']
 
 # %% ../nbs/10_ensembles.ipynb #b9d7bfb7
 def majority_vote(votes, # (members, n) grades 0–4, one row per member
@@ -373,3 +373,19 @@ def diversity(members:list, split:str, y_true)->pd.DataFrame:
             rows.append({'member_a': a['name'], 'member_b': b['name'],
                          'disagreement': float((member_grades(a, split) != member_grades(b, split)).mean()), 'error_correlation': corr})
     return pd.DataFrame(rows)
+
+# %% ../nbs/10_ensembles.ipynb #bb5e243c
+def record_slug(name:str)->str:
+    "A results row's name as part of a record name: lower case, each run of other characters one '_'."
+    return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
+
+def ensemble_records(table:pd.DataFrame, # the chapter's results: a 'kind' column ('member', 'ensemble'), 'accuracy', 'qwk_minus_best'
+                    )->dict:
+    "`{'qwk_gain_<slug>': QWK minus the best member's, 'test_accuracy_<slug>': accuracy (0–1)}` for every ensemble row."
+    out = {}
+    for name, row in table[table['kind'] == 'ensemble'].iterrows():
+        slug = record_slug(name)
+        if f'qwk_gain_{slug}' in out: raise ValueError(f"ensemble {name!r}: its record name {slug!r} is another ensemble's too")
+        out[f'qwk_gain_{slug}'], out[f'test_accuracy_{slug}'] = float(row['qwk_minus_best']), float(row['accuracy'])
+    return out
+

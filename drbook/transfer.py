@@ -17,7 +17,7 @@ __all__ = ['BACKBONES', 'PRETRAINED', 'HEADS', 'Backbone', 'get_backbone', 'Prep
            'pretrained_file', 'resolve_weights', 'weights_used', 'keras_weights_path', 'dense_head', 'conv_head',
            'add_head', 'build_model', 'backbone_of', 'backbone_layers', 'head_layers', 'backbone_arrays',
            'load_pretrained', 'block_labels', 'block_names', 'feature_model', 'head_model', 'build_head',
-           'calibrate_batchnorm']
+           'calibrate_batchnorm', 'parse_runs']
 
 # %% ../nbs/08_transfer_learning.ipynb #c3389c92
 @dataclass(frozen=True)
@@ -315,3 +315,23 @@ def calibrate_batchnorm(model:keras.Model, # any Keras model
     finally:
         for l, (t, m) in zip(bns, saved): l.trainable, l.momentum = t, m
     return model
+
+# %% ../nbs/08_transfer_learning.ipynb #55b0068e
+def parse_runs(runs:str, # comma-separated 'backbone:head:third' triples, e.g. 'MobileNetV2:s3_gap256:adam'; '': none
+               third:str='optimiser', # what the third field is, for error messages
+               choices:tuple|None=('adam', 'sgd'), # the values the third field may take; None: any (checked later)
+              )->list:
+    "`[(backbone, head, third)]` from `runs`: backbones from BACKBONES in their registry spelling, heads from HEADS."
+    out = []
+    for item in filter(None, (s.strip() for s in runs.split(','))):
+        parts = [p.strip() for p in item.split(':')]
+        if len(parts) != 3 or not all(parts): raise ValueError(f"run {item!r}: expected 'backbone:head:{third}'")
+        name, head, last = parts
+        if name.lower() not in {k.lower() for k in BACKBONES}: raise ValueError(f"run {item!r}: unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        if head not in HEADS: raise ValueError(f"run {item!r}: unknown head {head!r}; known: {', '.join(HEADS)}")
+        if choices is not None and last not in choices: raise ValueError(f"run {item!r}: {third} must be one of {list(choices)}, not {last!r}")
+        run = (get_backbone(name).name, head, last)
+        if run in out: raise ValueError(f"run {item!r} is named twice")
+        out.append(run)
+    return out
+

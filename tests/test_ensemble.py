@@ -279,3 +279,27 @@ def test_a_referenced_member_scores_the_same_rows_at_its_own_size(tmp_path):
     elsewhere = SimpleNamespace(name='m', folder=tmp_path, model=member.model, meta={**meta, 'config': {'tables': 'f' * 64}})
     with pytest.warns(UserWarning, match='trained on other training/validation rows'):
         reference_splits(elsewhere, table, fractions, 42, mine, '@07/m')
+
+
+def test_ensemble_records_equal_the_results_tables_values():
+    "10's scalar records: qwk_gain_<slug> and test_accuracy_<slug> of every ensemble row, S3's three under their names."
+    from drbook import metrics
+    from drbook.ensemble import ensemble_records, record_slug
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), 20)
+    preds = {'cnn_a': np.where(rng.random(100) < 0.6, y, rng.integers(0, 5, 100)), 'cnn_b': rng.integers(0, 5, 100),
+             'majority vote': np.where(rng.random(100) < 0.7, y, 0), 'average (accuracy w., rounded)': np.clip(y + rng.integers(-1, 2, 100), 0, 4),
+             'average (recall w., rounded)': np.where(rng.random(100) < 0.5, y, 2), 'average grade + cut-points, TTA': y}
+    results = {k: metrics.evaluate(y, np.eye(5)[p], 'multiclass', n_boot=50, seed=0) for k, p in preds.items()}
+    comparison = metrics.compare_with(y, {k: r['y_pred'] for k, r in results.items()}, 'cnn_a', n_boot=50, seed=0)
+    table = metrics.results_table(results).join(comparison[['diff']]).rename(columns={'diff': 'qwk_minus_best'})  # as 10 builds it
+    table.insert(0, 'kind', ['member'] * 2 + ['ensemble'] * 4)
+    records = ensemble_records(table)
+    assert len(records) == 8 and not any('cnn' in k for k in records)
+    for name in list(preds)[2:]:
+        assert records[f'test_accuracy_{record_slug(name)}'] == pytest.approx(table.loc[name, 'accuracy'])
+        assert records[f'qwk_gain_{record_slug(name)}'] == pytest.approx(comparison.loc[name, 'diff'])
+        assert 0 <= records[f'test_accuracy_{record_slug(name)}'] <= 1
+    assert {'test_accuracy_majority_vote', 'test_accuracy_average_accuracy_w_rounded', 'test_accuracy_average_recall_w_rounded',
+            'test_accuracy_average_grade_cut_points_tta'} <= set(records)
+    assert records['test_accuracy_majority_vote'] == pytest.approx(np.mean(preds['majority vote'] == y))

@@ -196,3 +196,15 @@ def test_fine_tuning_the_shipped_backbone_moves_only_the_unfrozen_layers():
     assert 'block_13_expand' in changed and 'Conv_1' in changed
     assert not changed & {l.name for l in backbone_layers(model)[:k]}  # below block 13: as shipped
     assert not any(isinstance(model.get_layer(n), keras.layers.BatchNormalization) for n in changed)  # BN frozen
+
+def test_extra_runs_strategies_parse_and_an_unknown_block_is_named():
+    "09's extra_runs: 'backbone:head:strategy' triples; a strategy its backbone lacks fails before training, naming its blocks."
+    from drbook.transfer import parse_runs
+    runs = parse_runs('VGG16:s3_gap256:block4_conv1, VGG16:s3_gap256:unfrozen', 'strategy', None)
+    assert runs == [('VGG16', 's3_gap256', 'block4_conv1'), ('VGG16', 's3_gap256', 'unfrozen')]
+    small = build_model('VGG16', 'multiclass', 32, head='s3_gap256')
+    assert frozen_count(small, 'block4_conv1') == [l.name for l in backbone_layers(small)].index('block4_conv1')
+    with pytest.raises(ValueError, match="run 'VGG16:s3_gap256': expected 'backbone:head:strategy'"):
+        parse_runs('VGG16:s3_gap256', 'strategy', None)
+    with pytest.raises(ValueError, match="VGG16 has no layer or block 'block_16'; its blocks: block1"):
+        frozen_count(small, 'block_16')

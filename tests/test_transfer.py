@@ -238,3 +238,37 @@ def test_drbook_synthetic_label_and_record():
     assert rec['sha256'] == sha and rec['backbone'] == spec.backbone  # the record describes the shipped file
     assert rec['settings']['seed'] != 2026 and rec['source_task_metrics']['mean_auc'] > 0.8  # another seed; it learnt the task
     assert pretrained_file().stat().st_size < 3e6  # small enough to ship
+
+# --- extra_runs and balance, as chapters 08 and 09 read them
+
+def test_parse_runs_reads_s3s_triples_in_registry_spelling():
+    from drbook.transfer import parse_runs
+    assert parse_runs('MobileNetV2:s3_gap256:adam, mobilenetv2 : s3_gap512x2 : sgd,') == [
+        ('MobileNetV2', 's3_gap256', 'adam'), ('MobileNetV2', 's3_gap512x2', 'sgd')]
+    assert parse_runs('') == [] and parse_runs(' , ') == []
+    runs = parse_runs('MobileNetV2:s3_gap512x2:unfrozen,VGG16:s3_gap256:block4_conv1,VGG16:s3_gap256:unfrozen', 'strategy', None)
+    assert [f'test_accuracy_{b}_{h}_{s}' for b, h, s in runs] == [  # the record names chapter 09 gives them
+        'test_accuracy_MobileNetV2_s3_gap512x2_unfrozen', 'test_accuracy_VGG16_s3_gap256_block4_conv1',
+        'test_accuracy_VGG16_s3_gap256_unfrozen']
+
+@pytest.mark.parametrize('runs,bad,message', [
+    ('VGG16:s3_gap256', 'VGG16:s3_gap256', "expected 'backbone:head:optimiser'"),
+    ('VGG16:s3_gap256:adam:x', 'VGG16:s3_gap256:adam:x', "expected 'backbone:head:optimiser'"),
+    ('VGG16::adam', 'VGG16::adam', "expected 'backbone:head:optimiser'"),
+    ('VGG16:s1:adam,AlexNet:s1:adam', 'AlexNet:s1:adam', "unknown backbone 'AlexNet'; known: VGG16"),
+    ('MobileNetV2:s3_gap1024:adam', 'MobileNetV2:s3_gap1024:adam', "unknown head 's3_gap1024'; known: s1"),
+    ('MobileNetV2:s3_gap256:rmsprop', 'MobileNetV2:s3_gap256:rmsprop', "optimiser must be one of \\['adam', 'sgd'\\]"),
+    ('VGG16:s1:sgd,vgg16:s1:sgd', 'vgg16:s1:sgd', 'named twice')])
+def test_parse_runs_refuses_a_bad_triple_naming_it(runs, bad, message):
+    from drbook.transfer import parse_runs
+    with pytest.raises(ValueError, match=f"run '{bad}': .*{message}|run '{bad}' is {message}"): parse_runs(runs)
+
+def test_balance_gives_the_training_split_equal_grade_counts():
+    "08 and 09 with balance=True: drbook.splits.balance(how='under') on the training split, as chapter 07 does."
+    from drbook.splits import balance, load_graded, prepare_splits
+    train = prepare_splits(load_graded(''), '', 64, (0.7, 0.15, 0.15), seed=42)[0]['train']
+    counts = train['grade'].value_counts()
+    assert counts.nunique() > 1  # the sample's training split is not balanced to begin with
+    balanced = balance(train, how='under', seed=42)
+    assert (balanced['grade'].value_counts() == counts.min()).all() and set(balanced['grade']) == set(train['grade'])
+    assert balanced['image_id'].is_unique and set(balanced['image_id']) <= set(train['image_id'])  # a subset, nothing repeated
