@@ -14,8 +14,8 @@ from .models import fit_or_load
 from .transfer import backbone_layers, head_layers, block_labels, block_names, backbone_of
 
 # %% auto #0
-__all__ = ['S2_PARTIAL', 'S2_TABLE3', 'frozen_count', 'set_trainable', 'parameter_report', 'Stage', 'two_stage', 's4_schedule',
-           's2_stages', 'stage_config', 'fine_tune', 'stage_history', 'plot_fine_tune']
+__all__ = ['S2_PARTIAL', 'S2_DROPOUT', 'S2_TABLE3', 'frozen_count', 'set_trainable', 'parameter_report', 'Stage', 'two_stage',
+           's4_schedule', 's2_stages', 'stage_config', 'fine_tune', 'stage_history', 'plot_fine_tune']
 
 # %% ../nbs/09_fine_tuning.ipynb #1ac07ecd
 def _in_block(label:str, key:str)->bool:
@@ -92,12 +92,14 @@ _T3 = [  # strategy, learning rate, batch sizes, epochs, head — per ResNet; Re
     ('frozen', 0.000025, (64, 32), 250, 's2_32_16'), ('partial', 0.00075, (32, 16), 100, 's2_16'),
     ('unfrozen', 0.00075, (32, 16), 100, 's2_16')]
 S2_PARTIAL = {'ResNet50': 155, 'ResNet101': 155, 'ResNet152': 455}  # S2's "50 %": the layers it states it froze (1–155, 1–455)
+S2_DROPOUT = {('frozen', 0.000025): 0.5, ('partial', 0.00075): 0.5}  # the rows S2 gives dropout 0.5 (Figures 10–15); none stated for the others
 
 def _t3_name(arch, strategy, lr):
     return f"{arch.lower()}_" + (f'frozen_lr{lr:g}' if strategy == 'frozen' else strategy)
 
 S2_TABLE3 = {_t3_name(a, s, lr): dict(backbone=a, strategy=S2_PARTIAL[a] if s == 'partial' else s, learning_rate=lr, batch_size=(32 if a == 'ResNet152' and lr == 0.000025 else b[0]),
-                                       test_batch_size=(16 if a == 'ResNet152' and lr == 0.000025 else b[1]), epochs=e, head=h)
+                                       test_batch_size=(16 if a == 'ResNet152' and lr == 0.000025 else b[1]), epochs=e, head=h,
+                                       dropout=S2_DROPOUT.get((s, lr), 0.0))
              for a in ('ResNet152', 'ResNet101', 'ResNet50') for s, lr, b, e, h in _T3}
 
 def s2_stages(name:str # a key of S2_TABLE3

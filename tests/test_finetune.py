@@ -208,3 +208,15 @@ def test_extra_runs_strategies_parse_and_an_unknown_block_is_named():
         parse_runs('VGG16:s3_gap256', 'strategy', None)
     with pytest.raises(ValueError, match="VGG16 has no layer or block 'block_16'; its blocks: block1"):
         frozen_count(small, 'block_16')
+
+def test_s2_dropout_only_on_the_rows_s2_states_it_for():
+    "S2 gives dropout 0.5 for the frozen rows at 0.000025 and the partial rows (Figures 10-15), none for the others."
+    from drbook.finetune import S2_DROPOUT
+    with_dropout = {n for n, c in S2_TABLE3.items() if c['dropout']}
+    assert with_dropout == {f'{a}_{r}' for a in ('resnet50', 'resnet101', 'resnet152') for r in ('frozen_lr2.5e-05', 'partial')}
+    assert {c['dropout'] for c in S2_TABLE3.values()} == {0.0, 0.5} and set(S2_DROPOUT.values()) == {0.5}
+    for name in ('resnet50_frozen_lr0.00015', 'resnet50_frozen_lr2.5e-05'):  # the row's dropout reaches the head it builds
+        c = S2_TABLE3[name]
+        model = build_model(c['backbone'], 'multiclass', 32, head=c['head'], dropout=c['dropout'])
+        rates = [l.rate for l in head_layers(model) if isinstance(l, keras.layers.Dropout)]
+        assert rates == ([0.5] * len([l for l in head_layers(model) if isinstance(l, keras.layers.Dense)][:-1]) if c['dropout'] else [])
