@@ -75,13 +75,14 @@ def get_backbone(name:str # a key of BACKBONES (case-insensitive), e.g. 'resnet5
 # %% ../nbs/08_transfer_learning.ipynb #d0536633
 @keras.saving.register_keras_serializable(package='drbook')
 class PreprocessInput(keras.layers.Layer):
-    "The `preprocess_input` of a registry backbone as a layer: float32 RGB in [0, 255] in, the backbone's scaling out."
-    def __init__(self, backbone:str, **kwargs):
+    "The input scaling of a registry backbone as a layer: float32 RGB in [0, 255] in; its `preprocess_input`, or [0, 1] ('unit'), out."
+    def __init__(self, backbone:str, rescale:str='', **kwargs): # rescale: '' the backbone's preprocess_input; 'unit': x / 255 (S2)
         super().__init__(**kwargs)
-        self.backbone = get_backbone(backbone).name
-    def call(self, x): return get_backbone(self.backbone).preprocess_input(x)
+        if rescale not in ('', 'unit'): raise ValueError(f"rescale={rescale!r}: expected '' (the backbone's preprocess_input) or 'unit' ([0, 1])")
+        self.backbone, self.rescale = get_backbone(backbone).name, rescale
+    def call(self, x): return x / 255. if self.rescale == 'unit' else get_backbone(self.backbone).preprocess_input(x)
     def compute_output_shape(self, input_shape): return input_shape
-    def get_config(self): return {**super().get_config(), 'backbone': self.backbone}
+    def get_config(self): return {**super().get_config(), 'backbone': self.backbone, **({'rescale': self.rescale} if self.rescale else {})}
 
 # %% ../nbs/08_transfer_learning.ipynb #ab17ee96
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ def build_model(backbone:str='MobileNetV2', # a key of BACKBONES
                 head:str='s1', # a key of HEADS
                 weights:str|Path|None=None, # 'imagenet', 'drbook-synthetic', a local weights file, or None (random)
                 trainable:bool=False, # train the backbone too (False: feature extraction)
+                rescale:str='', # input scaling: '' the backbone's ImageNet preprocess_input; 'unit': pixels to [0, 1] (S2)
                 **head_kwargs, # overrides of the head preset
                )->keras.Model:
     "A flat functional model: input in [0, 255] → backbone's scaling → backbone → head; the backbone frozen unless `trainable`."
@@ -213,7 +215,7 @@ def build_model(backbone:str='MobileNetV2', # a key of BACKBONES
         raise ValueError(f"weights {w!r} fit backbone {PRETRAINED[w].backbone!r} only, not {bb.name!r}: build with backbone='{PRETRAINED[w].backbone}'")
     with strategy_scope():  # variables created under the strategy that trains them (several GPUs)
         inputs = keras.Input((size, size, 3), name='image')
-        x = PreprocessInput(bb.name, name='preprocess_input')(inputs)
+        x = PreprocessInput(bb.name, rescale, name='preprocess_input')(inputs)
         base = bb.constructor(include_top=False, weights=None if w in PRETRAINED else w, input_tensor=x, input_shape=(size, size, 3))
         model = keras.Model(inputs, add_head(base.output, task, head, **head_kwargs), name=f'{bb.name}_{head}')
     if w in PRETRAINED: load_pretrained(model, w)

@@ -272,3 +272,17 @@ def test_balance_gives_the_training_split_equal_grade_counts():
     balanced = balance(train, how='under', seed=42)
     assert (balanced['grade'].value_counts() == counts.min()).all() and set(balanced['grade']) == set(train['grade'])
     assert balanced['image_id'].is_unique and set(balanced['image_id']) <= set(train['image_id'])  # a subset, nothing repeated
+
+def test_rescale_unit_feeds_the_backbone_pixels_in_0_1_and_survives_saving(tmp_path):
+    "S2's scaling: rescale='unit' replaces the backbone's preprocess_input with x / 255; '' keeps it; the choice is saved."
+    x = _image(32, seed=3)
+    unit = build_model('ResNet50', 'multiclass', 32, head='s2_16', rescale='unit')
+    scaled = keras.Model(unit.input, unit.get_layer('preprocess_input').output)
+    np.testing.assert_allclose(scaled.predict(x, verbose=0), x / 255, rtol=1e-6, atol=1e-7)
+    plain = build_model('ResNet50', 'multiclass', 32, head='s2_16')
+    assert plain.get_layer('preprocess_input').rescale == '' and backbone_of(unit).name == 'ResNet50'
+    unit.save(tmp_path/'unit.keras')
+    again = keras.models.load_model(tmp_path/'unit.keras', compile=False)
+    assert again.get_layer('preprocess_input').rescale == 'unit'
+    np.testing.assert_allclose(again.predict(x, verbose=0), unit.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="rescale='imagenet': expected ''"): build_model('ResNet50', image_size=32, rescale='imagenet')
