@@ -12,7 +12,8 @@ from .profiles import (DATASET_READERS, chapter_notebooks, check_model_reference
                              dataset_root, list_profiles, load_profile, read_dataset)
 from .references import (FAILING, comparison_table, compare_records, counts_table, fmt_value, make_reference,
                                reference_from_run, reference_path, run_summary)
-from .reproduce import environ, reproduce
+from .rehearsal import rehearsal_profile
+from .reproduce import environ, paper_table, reproduce
 
 # %% auto #0
 __all__ = ['COMMANDS', 'BAD_INPUT', 'one_line', 'main']
@@ -30,6 +31,8 @@ def _parser()->argparse.ArgumentParser:
     r.add_argument('--keep-going', action='store_true', help='go on with the next notebooks after a failure')
     r.add_argument('--jobs', type=int, help="notebooks run at once (default: the profile's `jobs`, else 1); one GPU: keep 1")
     r.add_argument('--require-gpu', action='store_true', help='fail at once when no GPU is visible')
+    r.add_argument('--rehearse', action='store_true', help="the profile's CPU rehearsal: the same chapters and parameters on a "
+                   "miniature of synthetic eyes in the dataset's real layout, scaled down (the profile's `rehearsal:` block)")
     r.add_argument('--check', action='store_true', help='only check the profile (parameters declared, datasets present and '
                    'readable) and print the plan; runs nothing')
     r.add_argument('--verbose', action='store_true', help="also show the kernels' output and the libraries' log")
@@ -102,7 +105,7 @@ def _calibrate(args)->int:
 
 def _check(args)->int:
     "`drbook reproduce --check`: the profile's parameters and datasets checked, and the plan printed; nothing runs."
-    prof = load_profile(args.profile)
+    prof = rehearsal_profile(args.profile) if args.rehearse else load_profile(args.profile)
     plan = check_parameters(prof, args.nbs)
     check_table_csv(chapter_notebooks(args.nbs, list(plan)), prof)
     with environ(DRBOOK_RUNS=Path(args.runs).resolve() if args.runs else os.environ.get('DRBOOK_RUNS')):
@@ -166,8 +169,12 @@ def _reproduce(args)->int:
     if args.require_gpu: require_gpu()
     if args.check: return _check(args)
     s = reproduce(args.profile, only=args.only, runs_root=args.runs, nbs_dir=args.nbs, keep_going=args.keep_going, jobs=args.jobs,
-                  verbose=args.verbose, reference=args.reference)
+                  verbose=args.verbose, reference=args.reference, rehearse=args.rehearse)
     run, cmp = Path(s['run_dir']), s['comparison']
+    if s['paper']:
+        missing = sum(r['run'] is None for r in s['paper'])
+        print(f"\nThe source document's figures beside this run ({len(s['paper']) - missing} of {len(s['paper'])} recorded):")
+        print('\n'.join(paper_table(s['paper'])))
     if cmp['reference']:
         print(f"\nAgainst the reference {cmp['reference']}:"); _print_comparison(cmp['rows'])
     else: print(f"\nNo reference at {cmp['expected_at']}: nothing compared (drbook reference --update {run})")

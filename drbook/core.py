@@ -175,6 +175,7 @@ def seed_everything(seed:int=42 # the seed for Python, NumPy and (if loaded) Ten
         import keras, tensorflow as tf
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()  # the same run twice gives the same numbers on this machine
+        if os.environ.get('DRBOOK_EAGER') == '1': tf.config.run_functions_eagerly(True)  # a rehearsal (drbook.rehearsal): no tracing
     return seed
 
 # %% ../nbs/00_core.ipynb #e3edce80

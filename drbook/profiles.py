@@ -11,13 +11,14 @@ from . import data, registry
 from .core import PROJECT_ROOT, data_dir
 
 # %% auto #0
-__all__ = ['PROFILE_KEYS', 'DATASET_READERS', 'RUNNER_NOTEBOOKS', 'IMAGE_READERS', 'DATA_SOURCE_MODULES', 'profiles_dir',
-           'list_profiles', 'validate_profile', 'load_profile', 'as_profile', 'dataset_root', 'read_dataset',
-           'chapter_notebooks', 'declared_parameters', 'image_readers', 'reads_images', 'notebook_parameters',
-           'check_table_csv', 'check_parameters', 'model_references', 'check_model_references', 'model_dependencies']
+__all__ = ['PROFILE_KEYS', 'REHEARSAL_KEYS', 'MINIATURE_KEYS', 'DATASET_READERS', 'RUNNER_NOTEBOOKS', 'IMAGE_READERS',
+           'DATA_SOURCE_MODULES', 'profiles_dir', 'list_profiles', 'validate_profile', 'load_profile', 'as_profile',
+           'dataset_root', 'read_dataset', 'chapter_notebooks', 'declared_parameters', 'image_readers', 'reads_images',
+           'notebook_parameters', 'check_table_csv', 'check_parameters', 'model_references', 'check_model_references',
+           'model_dependencies']
 
 # %% ../nbs/14a_profiles.ipynb #2dc7343f
-PROFILE_KEYS = {'description', 'require_gpu', 'expected_time', 'datasets', 'notebooks', 'parameters', 'timeout', 'jobs', 'paper'}
+PROFILE_KEYS = {'description', 'require_gpu', 'expected_time', 'datasets', 'notebooks', 'parameters', 'timeout', 'jobs', 'paper', 'rehearsal', 'eager'}
 
 def profiles_dir()->Path:
     "Where named profiles live: `profiles/` at the project root (`DRBOOK_PROFILES` overrides)."
@@ -45,6 +46,23 @@ def _check_paper(p:Path|str, paper)->dict:
         raise ValueError(f"{p}: `paper` holds `source` and `figures`, a list of {{notebook, record, value, what}}")
     return {'source': str(paper.get('source', '')), 'figures': figs}
 
+REHEARSAL_KEYS = {'datasets', 'parameters', 'jobs', 'timeout', 'expected_time'}
+MINIATURE_KEYS = {'per_grade', 'size', 'seed'}
+
+def _check_rehearsal(p:Path|str, reh, datasets:dict)->dict:
+    "A profile's `rehearsal` block (drbook.rehearsal), checked: its miniatures name the profile's datasets, its parameters are shaped like the profile's."
+    if not reh: return {}
+    if not isinstance(reh, dict) or (unknown := set(reh) - REHEARSAL_KEYS):
+        raise ValueError(f"{p}: `rehearsal` is a mapping of {sorted(REHEARSAL_KEYS)}" + (f"; unknown: {sorted(unknown)}" if isinstance(reh, dict) else ''))
+    minis, params = reh.get('datasets') or {}, reh.get('parameters') or {}
+    for name, spec in minis.items():
+        if name not in datasets: raise ValueError(f"{p}: rehearsal dataset {name!r} is not one of the profile's datasets ({', '.join(datasets) or 'none'})")
+        if not isinstance(spec, dict) or set(spec) - MINIATURE_KEYS or not all(isinstance(v, int) and v >= 0 for v in spec.values()):
+            raise ValueError(f"{p}: rehearsal dataset {name!r} takes whole numbers {sorted(MINIATURE_KEYS)}, not {spec!r}")
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ValueError(f"{p}: rehearsal `parameters` maps a notebook name (or '*') to a mapping of parameter values")
+    return {**reh, 'datasets': minis, 'parameters': params}
+
 def validate_profile(prof, # a profile's mapping, as read from its YAML file or given as a dict
                      name:str='profile', # the profile's name (a YAML file's stem)
                      path:str='', # the file it was read from ('' for a dict)
@@ -63,7 +81,9 @@ def validate_profile(prof, # a profile's mapping, as read from its YAML file or 
     return {'name': name, 'path': path, 'description': prof.get('description') or '',
             'require_gpu': bool(prof.get('require_gpu', False)), 'expected_time': str(prof.get('expected_time') or ''),
             'datasets': _check_datasets(where, prof.get('datasets') or {}), 'notebooks': [str(n) for n in nbs],
-            'parameters': params, 'timeout': prof.get('timeout'), 'jobs': jobs, 'paper': _check_paper(where, prof.get('paper'))}
+            'parameters': params, 'timeout': prof.get('timeout'), 'jobs': jobs, 'paper': _check_paper(where, prof.get('paper')),
+            'rehearsal': _check_rehearsal(where, prof.get('rehearsal'), prof.get('datasets') or {}),
+            'eager': bool(prof.get('eager', False))}  # TensorFlow runs eagerly in the kernels (DRBOOK_EAGER): a rehearsal's tiny runs
 
 def load_profile(name:str # a profile name in `profiles/`, or a path to a YAML file
                 )->dict:
@@ -112,7 +132,7 @@ def read_dataset(name:str, # the dataset's name in the profile
         raise kind(f"{where} at {root} cannot be read with drbook.data.{reader.__name__} ({layout}): {e}") from None
 
 # %% ../nbs/14a_profiles.ipynb #730c4c28
-RUNNER_NOTEBOOKS = ('14_reproduce', '14a_profiles', '14b_references', '14c_cli')  # the runner's own notebooks: never run by it
+RUNNER_NOTEBOOKS = ('14_reproduce', '14a_profiles', '14b_references', '14c_cli', '14d_rehearsal')  # the runner's own notebooks: never run by it
 
 def chapter_notebooks(nbs_dir:Path|str|None=None, # folder of notebooks (default: the project's nbs/)
                       only:list|None=None, # names or number prefixes to keep, e.g. ['03', '07_scratch_cnn']

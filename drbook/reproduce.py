@@ -14,11 +14,12 @@ from . import data, registry
 from .core import read_records, require_gpu, runs_dir
 from .profiles import (as_profile, chapter_notebooks, check_model_references, check_parameters, check_table_csv,
                              dataset_root, model_dependencies, notebook_parameters, read_dataset)
+from .rehearsal import rehearsal_profile
 from .references import FAILING, comparison_table, compare_records, counts_table, fmt_value, paper_rows, reference_path
 
 # %% auto #0
 __all__ = ['NOISY_LOGGERS', 'NotebookResult', 'environ', 'run_notebook', 'logs_to', 'new_run_dir', 'resolve_models', 'reproduce',
-           'write_summary']
+           'paper_table', 'write_summary']
 
 # %% ../nbs/14_reproduce.ipynb #590843ca
 @dataclass
@@ -146,11 +147,13 @@ def reproduce(profile:str|dict='sample', # profile name, YAML path, or a profile
               progress:bool|None=None, # a progress bar per chapter (None: when stderr is a terminal)
               reference:Path|str|None=None, # the reference to compare with (default reference/<profile>.json)
               jobs:int|None=None, # notebooks run at once (None: the profile's `jobs`, default 1); a notebook waits for those whose models it takes
+              rehearse:bool=False, # run the profile's CPU rehearsal instead (drbook.rehearsal: miniature data in the real layout, scaled down)
              )->dict:
     "Run the course's notebooks under `profile`, compare what they record with the reference; write and return the summary."
-    prof = as_profile(profile)
+    prof = rehearsal_profile(profile) if rehearse else as_profile(profile)
     # the profile and the runs folder hold for the whole run: earlier runs are looked up there, and the kernels inherit them
-    with environ(DRBOOK_PROFILE=prof['name'], DRBOOK_RUNS=Path(runs_root).resolve() if runs_root else os.environ.get('DRBOOK_RUNS')):
+    with environ(DRBOOK_PROFILE=prof['name'], DRBOOK_RUNS=Path(runs_root).resolve() if runs_root else os.environ.get('DRBOOK_RUNS'),
+                 DRBOOK_EAGER='1' if prof['eager'] else os.environ.get('DRBOOK_EAGER')):
         return _reproduce(prof, chapter_notebooks(nbs_dir, only or prof['notebooks'] or None), nbs_dir, keep_going, kernel,
                           log, verbose, progress, reference, jobs or prof['jobs'])
 
@@ -222,15 +225,20 @@ def _comparison_md(cmp:dict)->list:
         lines += ['', 'Records that are not simply ok:', '', *comparison_table(cmp['rows'], only_notable=True)]
     return lines + ['', '<details><summary>Every record compared</summary>', '', *comparison_table(cmp['rows']), '', '</details>']
 
+def paper_table(rows:list)->list:
+    "The paper-vs-run table as markdown lines: one row per paper figure, 'not recorded' where the run has no such record."
+    return ['| notebook | what | authors (their data) | this run | record |', '|---|---|---|---|---|',
+            *[f"| {r['notebook']} | {r['what']} | {fmt_value(r['paper'])} | {fmt_value(r['run']) if r['run'] is not None else 'not recorded'} | `{r['record']}` |"
+              for r in rows]]
+
 def _paper_md(prof:dict, rows:list)->list:
     "The paper-vs-run section of summary.md."
     if not rows: return []
+    rehearsal = ' This run is a rehearsal on a miniature of synthetic eyes: its values show that every figure is recorded, nothing more.' \
+        if prof['name'].endswith('-rehearsal') else ''
     return ['', "## The source document's figures beside this run", '',
             f"{prof['paper']['source']}. These are the authors' results on their data and their split, not targets: "
-            "a run on other data, another split or other hardware is not expected to match them.", '',
-            '| notebook | what | authors (their data) | this run | record |', '|---|---|---|---|---|',
-            *[f"| {r['notebook']} | {r['what']} | {fmt_value(r['paper'])} | {fmt_value(r['run']) if r['run'] is not None else 'not recorded'} | `{r['record']}` |"
-              for r in rows]]
+            f"a run on other data, another split or other hardware is not expected to match them.{rehearsal}", '', *paper_table(rows)]
 
 def write_summary(run:Path, prof:dict, results:list, reference:Path|str|None=None)->dict:
     "Write `summary.json` and `summary.md` in `run` and return the summary."

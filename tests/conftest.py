@@ -11,3 +11,30 @@ def idrid_root():
         pytest.skip(f'real IDRiD subset (full resolution) not found at {IDRID_MINI} (set DRBOOK_IDRID_MINI to its folder; '
                     'the downscaled sample in data_samples/idrid is tested without it)')
     return IDRID_MINI
+
+REHEARSALS = 'test_rehearse_'  # tests/test_rehearse_<profile>.py: one profile's CPU rehearsal each, minutes long
+
+def pytest_collection_modifyitems(session, config, items):
+    "The rehearsals first: with pytest-xdist's one file per worker, the longest files start while the short ones fill in."
+    items.sort(key=lambda item: not item.path.name.startswith(REHEARSALS))  # a stable sort: the order is kept otherwise
+
+@pytest.fixture
+def rehearse(tmp_path):
+    "Run a profile's rehearsal with the `drbook` command (drbook.rehearsal); `(run folder, summary)` once checked that it passed."
+    import json, subprocess, sys
+    from pathlib import Path
+    from drbook.references import reference_path
+    def run(name):
+        r = subprocess.run([str(Path(sys.executable).parent/'drbook'), 'reproduce', '--profile', name, '--rehearse',
+                            '--runs', str(tmp_path/'runs')], capture_output=True, text=True)
+        folder = next((tmp_path/'runs').iterdir())
+        s = json.loads((folder/'summary.json').read_text())
+        assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:], [(n['notebook'], n['error']) for n in s['notebooks']])
+        assert s['passed'] and all(n['status'] == 'ok' for n in s['notebooks'])
+        assert s['comparison']['reference'] == str(reference_path(f'{name}-rehearsal')) and s['comparison']['rows']
+        missing = [p['record'] for p in s['paper'] if p['run'] is None]
+        assert s['paper'] and not missing, missing  # every figure of the paper has a value in the run
+        assert f"({len(s['paper'])} of {len(s['paper'])} recorded)" in r.stdout
+        print(r.stdout)  # the paper-versus-run table (pytest -s shows it)
+        return folder, s
+    return run
