@@ -116,11 +116,12 @@ def label_maps(model:keras.Model, # a multilabel model (outputs in MULTILABEL or
                images, # (n, H, W, 3) float32 RGB in [0, 255]
                method:str='gradcam', # a key of drbook.gradcam.METHODS ('gradcam', 'guided_gradcam', …)
                lesions=tuple(LESIONS), # the lesion outputs explained: the first len(lesions) outputs
+               layer:str|None=None, # the feature-map layer (S4: the head's last convolution); None: drbook.gradcam.feature_layer's default
               )->np.ndarray:
     "One map per image and lesion label, (n, len(lesions), H, W) in [0, 1], of each label's logit (guided methods: `guided_magnitude`)."
     explain = cam_method(method)
     as_map = guided_magnitude if method.startswith('guided') else np.asarray
-    return np.stack([as_map(explain(model, images, j)) for j in range(len(lesions))], 1)
+    return np.stack([as_map(explain(model, images, j, layer=layer)) for j in range(len(lesions))], 1)
 
 # %% ../nbs/13_lesions.ipynb #fda0c0a8
 def combined_map(maps, # (n, L, H, W) per-label maps in [0, 1]

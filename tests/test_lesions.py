@@ -5,6 +5,7 @@ a lesion-only table (IDRiD's segmentation set: 'healthy' never occurs, no grades
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import warnings
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,6 +152,16 @@ def test_lesion_model_and_label_maps():
     maps = label_maps(model, np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32), 'guided_gradcam')
     assert maps.shape == (2, 4, 64, 64) and maps.min() >= 0 and maps.max() <= 1
     with pytest.raises(ValueError, match=r"method='lime': expected one of \['gradcam'"): label_maps(model, np.zeros((1, 64, 64, 3)), 'lime')
+
+def test_label_maps_explain_the_layer_asked_for():
+    from drbook.gradcam import gradcam
+    model = lesion_model('scratch', 64)
+    x = np.random.default_rng(5).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    convs = [l.name for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    early = label_maps(model, x, 'gradcam', layer=convs[0])  # S4's choice is a layer by name ('head_conv_2' on ResNet50)
+    np.testing.assert_allclose(early[:, 1], gradcam(model, x, 1, layer=convs[0]), atol=1e-6)
+    assert not np.allclose(early, label_maps(model, x, 'gradcam'))
+    with pytest.raises(ValueError): label_maps(model, x, 'gradcam', layer='no_such_layer')
 
 
 def test_referable_rule_matches_grades_on_samples(samples):
