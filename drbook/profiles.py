@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast, os, re
 from pathlib import Path
 import nbformat, yaml
+import pandas as pd
 from . import data, registry
 from .core import PROJECT_ROOT, data_dir
 
@@ -35,7 +36,9 @@ def _check_datasets(p:Path|str, datasets)->dict:
     for name, spec in datasets.items():
         if not isinstance(spec, dict) or spec.get('reader') not in DATASET_READERS or not spec.get('root'):
             raise ValueError(f"{p}: dataset {name!r} needs `reader` (one of {', '.join(DATASET_READERS)}) and `root`")
-        if not isinstance(spec.get('options') or {}, dict): raise ValueError(f"{p}: dataset {name!r}: `options` is a mapping")
+        opts = spec.get('options') or {}
+        if not (isinstance(opts, dict) or isinstance(opts, list) and opts and all(isinstance(o, dict) for o in opts)):
+            raise ValueError(f"{p}: dataset {name!r}: `options` is a mapping, or a list of mappings (one reading each, the tables joined)")
     return datasets
 
 def _check_paper(p:Path|str, paper)->dict:
@@ -125,11 +128,15 @@ def read_dataset(name:str, # the dataset's name in the profile
     if not root.exists():
         raise FileNotFoundError(f"{where} is expected at {root}, which does not exist ({layout}). Put the dataset "
                                 "there, or change `root` in the profile ('{data_dir}' is $DRBOOK_DATA).")
-    reader = getattr(data, DATASET_READERS[spec['reader']])
-    try: return reader(root, **(spec.get('options') or {}))
+    reader, opts = getattr(data, DATASET_READERS[spec['reader']]), spec.get('options') or {}
+    try: tables = [reader(root, **o) for o in (opts if isinstance(opts, list) else [opts])]  # S3: EyePACS's train and test parts
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
         raise kind(f"{where} at {root} cannot be read with drbook.data.{reader.__name__} ({layout}): {e}") from None
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    if len(tables) > 1 and (dup := table['image_id'][table['image_id'].duplicated()]).size:
+        raise ValueError(f"{where}: its readings share image ids, e.g. {dup.iloc[0]!r}: each image must be read once")
+    return table
 
 # %% ../nbs/14a_profiles.ipynb #730c4c28
 RUNNER_NOTEBOOKS = ('14_reproduce', '14a_profiles', '14b_references', '14c_cli', '14d_rehearsal')  # the runner's own notebooks: never run by it

@@ -12,11 +12,12 @@ from .core import atomic_write, cache_dir, file_lock
 from .profiles import DATASET_READERS, as_profile
 
 # %% auto #0
-__all__ = ['MINIATURE_READERS', 'MARKER', 'SUFFIX', 'pick_eyes', 'write_miniature', 'rehearsal_profile']
+__all__ = ['MINIATURE_READERS', 'MARKER', 'LAYOUT_VERSION', 'SUFFIX', 'pick_eyes', 'write_miniature', 'rehearsal_profile']
 
 # %% ../nbs/14d_rehearsal.ipynb #2aa92449
 MINIATURE_READERS = ('aptos2019', 'eyepacs2015', 'folder', 'idrid-segmentation')  # the layouts a miniature can be written in
 MARKER = 'DRBOOK_MINIATURE.json'  # the file that marks a folder as a miniature drbook wrote (and may write again)
+LAYOUT_VERSION = 2  # in the marker: a miniature written by an older drbook is written again
 
 def pick_eyes(per_grade:int=10, # eyes of each grade 0-4
               seed:int=0, # seed of the choice
@@ -53,10 +54,14 @@ def _write_aptos(eyes, root, size):
     (root/'train.csv').write_text('id_code,diagnosis\n' + ''.join(f'{i},{g}\n' for i, g in zip(ids, eyes['grade'])))
 
 def _write_eyepacs(eyes, root, size):
-    patients = {p: str(n) for n, p in enumerate(dict.fromkeys(eyes['patient']), start=10)}  # EyePACS numbers its patients
+    "Kaggle's download: train/ with trainLabels.csv, and test/ (every fourth patient) with retinopathy_solution.csv."
+    patients = {p: n for n, p in enumerate(dict.fromkeys(eyes['patient']), start=10)}  # EyePACS numbers its patients
     names = [f"{patients[p]}_{e}" for p, e in zip(eyes['patient'], eyes['eye'])]
-    for n, p in zip(names, eyes['image_path']): _copy_image(p, root/'train'/f'{n}.jpeg', size)
-    (root/'trainLabels.csv').write_text('image,level\n' + ''.join(f'{n},{g}\n' for n, g in zip(names, eyes['grade'])))
+    test = [patients[p] % 4 == 0 for p in eyes['patient']]
+    for n, p, t in zip(names, eyes['image_path'], test): _copy_image(p, root/('test' if t else 'train')/f'{n}.jpeg', size)
+    rows = list(zip(names, eyes['grade'], test))
+    (root/'trainLabels.csv').write_text('image,level\n' + ''.join(f'{n},{g}\n' for n, g, t in rows if not t))
+    (root/'retinopathy_solution.csv').write_text('image,level,Usage\n' + ''.join(f'{n},{g},Private\n' for n, g, t in rows if t))
 
 def _write_folder(eyes, root, size):
     for i, g, p in zip(eyes['image_id'], eyes['grade'], eyes['image_path']): _copy_image(p, root/str(g)/f'{i}.jpeg', size)
@@ -86,7 +91,7 @@ def write_miniature(reader:str, # the profile dataset's reader: one of MINIATURE
     if reader not in MINIATURE_READERS:
         raise ValueError(f"no miniature can be written for reader {reader!r} (a profile rehearsal needs one of: {', '.join(MINIATURE_READERS)})")
     root = Path(root).resolve()
-    spec = {'reader': reader, 'per_grade': per_grade, 'size': size, 'seed': seed}
+    spec = {'reader': reader, 'per_grade': per_grade, 'size': size, 'seed': seed, 'version': LAYOUT_VERSION}
     with file_lock(root.parent/f'.{root.name}.lock'):
         marker = root/MARKER
         if marker.is_file() and json.loads(marker.read_text(encoding='utf-8')) == spec: return root

@@ -3,7 +3,7 @@ import json, subprocess, sys
 from pathlib import Path
 import pytest
 from drbook import data
-from drbook.profiles import DATASET_READERS, check_model_references, check_parameters, check_table_csv, chapter_notebooks, load_profile
+from drbook.profiles import check_model_references, read_dataset, check_parameters, check_table_csv, chapter_notebooks, load_profile
 from drbook.rehearsal import MARKER, rehearsal_profile, write_miniature
 
 SEEDS = ['s1-aptos2019', 's2-resnet-finetune', 's3-eyepacs2015', 's4-multilabel']
@@ -27,9 +27,10 @@ def test_the_rehearsal_changes_only_what_cannot_run_here(name, tmp_path):
             elif (nb, k) not in scaled and ('*', k) not in scaled: assert plan[nb][k] == v, (nb, k)  # everything else as the real run
     for ds, spec in reh['datasets'].items():  # the miniature is read by the profile's own reader, in the real layout
         assert Path(spec['root']).is_relative_to(tmp_path) and (Path(spec['root'])/MARKER).is_file()
-        table = getattr(data, DATASET_READERS[spec['reader']])(spec['root'])
+        table = read_dataset(ds, spec, reh['name'])  # every reading the profile's `options` ask for (S3: train and test)
         assert table['grade'].value_counts().tolist() == [real['rehearsal']['datasets'][ds]['per_grade']] * 5 \
             or spec['reader'] == 'idrid-segmentation'
+    if name == 's3-eyepacs2015': assert set(table['split']) == {'train', 'test'}  # Kaggle's test set is the test split
     if name == 's3-eyepacs2015':  # 10 takes the models 07, 08 and 09 save earlier in the same run
         check_model_references(nbs, reh)
         assert plan['10_ensembles']['members'] == real_plan['10_ensembles']['members']
@@ -39,9 +40,10 @@ def test_a_miniature_never_replaces_the_users_files(tmp_path):
     with pytest.raises(FileExistsError, match='not a drbook miniature'): write_miniature('aptos2019', mine, per_grade=2)
     assert (mine/'train.csv').read_text() == 'id_code,diagnosis\nmine,2\n'
     root = write_miniature('eyepacs2015', tmp_path/'eyepacs', per_grade=3, size=64)
-    assert len(data.read_eyepacs(root)) == 15
+    both = lambda: len(data.read_eyepacs(root)) + len(data.read_eyepacs(root, 'retinopathy_solution.csv', 'test', 'test'))
+    assert both() == 15
     write_miniature('eyepacs2015', root, per_grade=2, size=64)  # an earlier miniature is replaced by the new request
-    assert len(data.read_eyepacs(root)) == 10 and json.loads((root/MARKER).read_text())['per_grade'] == 2
+    assert both() == 10 and json.loads((root/MARKER).read_text())['per_grade'] == 2
 
 def test_a_profile_without_a_rehearsal_is_refused_and_check_shows_the_plan(tmp_path):
     r = drbook('reproduce', '--profile', 'sample', '--rehearse', '--runs', str(tmp_path))
