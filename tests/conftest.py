@@ -37,4 +37,6 @@ def rehearse(tmp_path):
         assert f"({len(s['paper'])} of {len(s['paper'])} recorded)" in r.stdout
         print(r.stdout)  # the paper-versus-run table (pytest -s shows it)
         return folder, s
-    return run
+    yield run
+    import shutil  # the trained models take gigabytes (S2's ResNet152s with their optimiser state): the summary is kept
+    for models in (tmp_path/'runs').glob('*/models'): shutil.rmtree(models, ignore_errors=True)
