@@ -165,6 +165,14 @@ def test_interrupted_fit_resumes_at_next_epoch(tmp_path, mid_epoch):
     assert json.loads((tmp_path/'history.json').read_text()) == h
 
 
+def test_patience_zero_trains_exactly_the_epochs_asked_for(tmp_path):
+    "S1's 15 epochs: with patience=0 no early stopping, so a validation loss that never improves still runs every epoch."
+    tr, va = toy(32)[0], toy(16, seed=1)[0]
+    h = train.fit(train.compile_for(tiny(), 'multiclass', optimizer='sgd', learning_rate=0.0), tr, va, tmp_path, task=TASK, epochs=6,
+                  patience=0, verbose=0)
+    assert len(h['loss']) == 6
+
+
 def test_early_stopping_counts_epochs_before_an_interruption(tmp_path):
     # with a zero learning rate the validation loss never improves: stop after `patience` epochs past the first
     tr, va = toy(32)[0], toy(16, seed=1)[0]
