@@ -33,9 +33,10 @@ check-sync: $(STAMP)
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers $(WORKERS) --timing
 
-# pytest-xdist: one test file per worker at a time (a file's module fixtures train once); TensorFlow keeps about one core busy
+# pytest-xdist: one test file per worker at a time (a file's module fixtures train once); TensorFlow keeps about one core busy.
+# Files start in collection order (--no-loadscope-reorder), which tests/conftest.py begins with the minutes-long rehearsals
 pytest: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n $(WORKERS) --dist loadfile
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	@start=$$(date +%s); \

@@ -12,11 +12,13 @@ def idrid_root():
                     'the downscaled sample in data_samples/idrid is tested without it)')
     return IDRID_MINI
 
-REHEARSALS = 'test_rehearse_'  # tests/test_rehearse_<profile>.py: one profile's CPU rehearsal each, minutes long
+# the profiles' rehearsals (tests/test_rehearse_<profile>.py, minutes each), longest first: `make test` runs pytest-xdist
+# with --no-loadscope-reorder, so files start in this order and the short ones fill in while these run
+REHEARSALS = ('test_rehearse_s3.py', 'test_rehearse_s2.py', 'test_rehearse_s1.py', 'test_rehearse_s4.py')
 
 def pytest_collection_modifyitems(session, config, items):
-    "The rehearsals first: with pytest-xdist's one file per worker, the longest files start while the short ones fill in."
-    items.sort(key=lambda item: not item.path.name.startswith(REHEARSALS))  # a stable sort: the order is kept otherwise
+    "The rehearsals first, longest first; every other test in its collected order (a stable sort)."
+    items.sort(key=lambda item: REHEARSALS.index(item.path.name) if item.path.name in REHEARSALS else len(REHEARSALS))
 
 @pytest.fixture
 def rehearse(tmp_path):
