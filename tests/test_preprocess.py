@@ -328,3 +328,24 @@ def test_every_bad_input_report_has_one_layout(bad_inputs, tmp_path):
     assert dict(zip(prep['path'], prep['row'])) == {p: where[p] for p in prep['path']}
     assert labels['row'].tolist() == [2] and labels['reason'].tolist() == ['missing image']  # the labels file's line
     with pytest.raises(ValueError, match="errors='skip': expected 'report' or 'raise'"): preprocess_dataset(table, errors='skip')
+
+@pytest.mark.slow  # chapter 03 twice in a kernel: about 30 s
+def test_chapter_03_stops_on_a_corrupt_file_or_with_skip_corrupt_leaves_it_out(tmp_path):
+    "S3's checkJPEG as 03 does it: a truncated photograph stops the chapter, naming it; skip_corrupt leaves it out, deleting nothing."
+    from drbook.data import read_samples, save_table
+    from drbook.core import read_records
+    from drbook.reproduce import run_notebook
+    table = read_samples().groupby('grade').head(3).reset_index(drop=True)
+    bad = tmp_path/'truncated.jpg'; bad.write_bytes(Path(table['image_path'][0]).read_bytes()[:2000])
+    table.loc[len(table)] = {**table.iloc[1].to_dict(), 'image_path': str(bad), 'image_id': 'truncated', 'patient': 'p-truncated'}
+    csv = save_table(table, tmp_path/'table.csv')
+    nb = Path(__file__).resolve().parent.parent/'nbs'/'03_preprocessing.ipynb'
+    for skip in (False, True):
+        run = tmp_path/f'run-{skip}'; run.mkdir()
+        status, error = run_notebook(nb, run/'03.ipynb', {'table_csv': str(csv), 'image_size': 64, 'skip_corrupt': skip}, run, nb.parent)
+        if not skip: assert status == 'failed' and '1 unreadable image' in error, error
+        else:
+            assert status == 'ok', error
+            recs = {r['name']: r['value'] for r in read_records(run)}
+            assert recs['corrupt_files'] == 1 and recs['preprocess_failures'] == 0
+    assert bad.read_bytes() == Path(table['image_path'][0]).read_bytes()[:2000]  # the file is still there, unchanged
