@@ -11,11 +11,11 @@ import pandas as pd
 from .core import LESIONS, PROJECT_ROOT, atomic_write, samples_dir
 
 # %% auto #0
-__all__ = ['TABLE_COLUMNS', 'SOURCES', 'VALUE_RANGES', 'EYES', 'ERRORS', 'REPORT_COLUMNS', 'IMAGE_EXTS', 'IDRID_LESION_FOLDERS',
-           'MANIFEST', 'IDRID_SAMPLE', 'rows_error', 'conform_table', 'save_table', 'load_table', 'read_samples',
-           'check_errors', 'problem_report', 'read_aptos', 'read_eyepacs', 'read_idrid_grading',
-           'read_idrid_segmentation', 'read_mask', 'read_messidor', 'read_folder', 'sha256_file', 'read_manifest',
-           'idrid_subset_dir', 'default_idrid_root']
+__all__ = ['TABLE_COLUMNS', 'SOURCES', 'VALUE_RANGES', 'EYES', 'ERRORS', 'REPORT_COLUMNS', 'IMAGE_EXTS', 'IDRID_SPLITS',
+           'IDRID_LESION_FOLDERS', 'MANIFEST', 'IDRID_SAMPLE', 'rows_error', 'conform_table', 'save_table',
+           'load_table', 'read_samples', 'check_errors', 'problem_report', 'read_aptos', 'read_eyepacs',
+           'read_idrid_grading', 'read_idrid_segmentation', 'read_mask', 'read_messidor', 'read_folder', 'sha256_file',
+           'read_manifest', 'idrid_subset_dir', 'default_idrid_root']
 
 # %% ../nbs/01_data.ipynb #465b661b
 TABLE_COLUMNS = {  # column: (pandas dtype, meaning), in table order
@@ -309,7 +309,7 @@ def read_eyepacs(root:Path|str, # the folder holding trainLabels.csv
     return _finish(records, problems, 'eyepacs2015', f'EyePACS 2015 at {root}', errors)
 
 # %% ../nbs/01_data.ipynb #321a1d92
-_IDRID_SPLITS = {'train': 'a. Training Set', 'test': 'b. Testing Set'}
+IDRID_SPLITS = {'train': 'a. Training Set', 'test': 'b. Testing Set'}
 _IDRID_GRADING_CSV = {'train': 'a. IDRiD_Disease Grading_Training Labels.csv', 'test': 'b. IDRiD_Disease Grading_Testing Labels.csv'}
 IDRID_LESION_FOLDERS = {'MA': '1. Microaneurysms', 'HE': '2. Haemorrhages', 'EX': '3. Hard Exudates',
                         'SE': '4. Soft Exudates', 'OD': '5. Optic Disc'}  # mask folder per lesion code
@@ -322,8 +322,8 @@ def _idrid_part(root, part):
     raise FileNotFoundError(f"no '{part}' folder in {root} (expected IDRiD's official layout)")
 
 def _idrid_splits(split):
-    if split is not None and split not in _IDRID_SPLITS: raise ValueError(f"split must be 'train', 'test' or None, not {split!r}")
-    return [split] if split else list(_IDRID_SPLITS)
+    if split is not None and split not in IDRID_SPLITS: raise ValueError(f"split must be 'train', 'test' or None, not {split!r}")
+    return [split] if split else list(IDRID_SPLITS)
 
 # %% ../nbs/01_data.ipynb #89cbc64f
 def read_idrid_grading(root:Path|str, # IDRiD's root (holding 'B. Disease Grading'), or that folder itself
@@ -335,7 +335,7 @@ def read_idrid_grading(root:Path|str, # IDRiD's root (holding 'B. Disease Gradin
     part, records, problems = _idrid_part(root, 'B. Disease Grading'), [], []
     fields = {'Retinopathy grade': ('grade', 0, 4), 'Risk of macular edema': ('dme_risk', 0, 2)}
     for s in _idrid_splits(split):
-        folder = _dataset_folder(part/'1. Original Images'/_IDRID_SPLITS[s], 'IDRiD grading image')
+        folder = _dataset_folder(part/'1. Original Images'/IDRID_SPLITS[s], 'IDRiD grading image')
         csv_path = part/'2. Groundtruths'/_IDRID_GRADING_CSV[s]
         labels = _read_labels(csv_path, ['Image name', *fields], problems)
         records += [{**r, 'split': s} for r in _labelled_rows(labels, csv_path, 'Image name', fields, folder, '.jpg', problems)]
@@ -368,8 +368,8 @@ def read_idrid_segmentation(root:Path|str, # IDRiD's root (holding 'A. Segmentat
     check_errors(errors)
     part, records, problems = _idrid_part(root, 'A. Segmentation'), [], []
     for s in _idrid_splits(split):
-        images = _image_index(_dataset_folder(part/'1. Original Images'/_IDRID_SPLITS[s], 'IDRiD segmentation image'))
-        gt = part/'2. All Segmentation Groundtruths'/_IDRID_SPLITS[s]
+        images = _image_index(_dataset_folder(part/'1. Original Images'/IDRID_SPLITS[s], 'IDRiD segmentation image'))
+        gt = part/'2. All Segmentation Groundtruths'/IDRID_SPLITS[s]
         masks, present = _idrid_masks(gt, set(images), problems)
         for image_id, path in sorted(images.items()):
             r = {'image_path': str(path), 'image_id': image_id, 'split': s}

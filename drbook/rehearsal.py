@@ -35,9 +35,9 @@ def pick_eyes(per_grade:int=10, # eyes of each grade 0-4
 
 # %% ../nbs/14d_rehearsal.ipynb #bc8bd39f
 def _copy_image(src, dest:Path, size:int|None, mask:bool=False):
-    "`src` written to `dest` (its format from the suffix), its longer side resized to `size` (nearest for a mask)."
-    import cv2
-    img = data.read_mask(src).astype(np.uint8) * 255 if mask else cv2.imread(str(src), cv2.IMREAD_COLOR)
+    "`src` (a file, or a boolean mask array) written to `dest` (its format from the suffix), its longer side resized to `size` (nearest for a mask)."
+    import cv2  # as in drbook.data: importing drbook.rehearsal stays light
+    img = np.asarray(src, np.uint8) * 255 if mask else cv2.imread(str(src), cv2.IMREAD_COLOR)
     if img is None: raise ValueError(f"{src}: not a readable image")
     if size and max(img.shape[:2]) != size:
         f = size / max(img.shape[:2])
@@ -69,13 +69,13 @@ def _write_folder(eyes, root, size):
 def _write_idrid_segmentation(eyes, root, size):
     part = root/'A. Segmentation'
     for n, (_, r) in enumerate(eyes.sample(frac=1, random_state=0).iterrows(), start=1):  # grades mixed across the two sets
-        split = data._IDRID_SPLITS['test' if n % 3 == 0 else 'train']
+        split = data.IDRID_SPLITS['test' if n % 3 == 0 else 'train']
         _copy_image(r['image_path'], part/'1. Original Images'/split/f'IDRiD_{n:02d}.jpg', size)
         for code, folder in data.IDRID_LESION_FOLDERS.items():  # every lesion folder exists; a mask only where the lesion is
             gt = part/'2. All Segmentation Groundtruths'/split/folder
             gt.mkdir(parents=True, exist_ok=True)
-            m = r.get(f'mask_{code}')
-            if isinstance(m, str) and data.read_mask(m).any(): _copy_image(m, gt/f'IDRiD_{n:02d}_{code}.tif', size, mask=True)
+            m = data.read_mask(r[f'mask_{code}']) if isinstance(r.get(f'mask_{code}'), str) else None  # read once
+            if m is not None and m.any(): _copy_image(m, gt/f'IDRiD_{n:02d}_{code}.tif', size, mask=True)
 
 _WRITERS = {'aptos2019': _write_aptos, 'eyepacs2015': _write_eyepacs, 'folder': _write_folder,
             'idrid-segmentation': _write_idrid_segmentation}
@@ -141,7 +141,7 @@ def rehearsal_profile(profile:str|dict, # a profile name, YAML path or dict with
     for name, spec in prof['datasets'].items():
         mini = {'per_grade': 10, 'size': 256, 'seed': 0, **(reh['datasets'].get(name) or {})}
         folder = write_miniature(spec['reader'], root/name, **mini)
-        datasets[name] = {**spec, 'root': str(folder), 'options': spec.get('options') or {},
+        datasets[name] = {**spec, 'root': str(folder),
                           'layout': f"a miniature of {5 * mini['per_grade']} synthetic eyes in the real layout: {spec.get('layout', spec['reader'])}"}
     return as_profile({'name': prof['name'] + SUFFIX, 'path': prof['path'],
                        'description': f"Rehearsal on a CPU of {prof['name']}: {prof['description']}",

@@ -14,7 +14,7 @@ from . import data, registry
 from .core import read_records, require_gpu, runs_dir
 from .profiles import (as_profile, chapter_notebooks, check_model_references, check_parameters, check_table_csv,
                              dataset_root, model_dependencies, notebook_parameters, read_dataset)
-from .rehearsal import rehearsal_profile
+from .rehearsal import SUFFIX as REHEARSAL, rehearsal_profile
 from .references import FAILING, comparison_table, compare_records, counts_table, fmt_value, paper_rows, reference_path
 
 # %% auto #0
@@ -235,7 +235,7 @@ def _paper_md(prof:dict, rows:list)->list:
     "The paper-vs-run section of summary.md."
     if not rows: return []
     rehearsal = ' This run is a rehearsal on a miniature of synthetic eyes: its values show that every figure is recorded, nothing more.' \
-        if prof['name'].endswith('-rehearsal') else ''
+        if prof['name'].endswith(REHEARSAL) else ''
     return ['', "## The source document's figures beside this run", '',
             f"{prof['paper']['source']}. These are the authors' results on their data and their split, not targets: "
             f"a run on other data, another split or other hardware is not expected to match them.{rehearsal}", '', *paper_table(rows)]
